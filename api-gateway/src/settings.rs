@@ -1,0 +1,96 @@
+//! The gateway's settings: flags and `ADDONREG_*` variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use shared::settings::{AmqpSettings, LogSettings, OptionalListen, PoolSettings, Secret};
+
+/// addonreg's read gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Settings {
+    /// Public HTTP address. [env: ADDONREG_LISTEN]
+    #[arg(long, env = "ADDONREG_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin address serving /metrics; 0 turns it off. [env: ADDONREG_METRICS_LISTEN]
+    #[arg(
+        long,
+        env = "ADDONREG_METRICS_LISTEN",
+        default_value = "127.0.0.1:9101"
+    )]
+    pub metrics_listen: OptionalListen,
+
+    /// Comma-separated read replica URLs; defaults to the primary's URL.
+    /// [env: ADDONREG_REPLICA_URLS]
+    #[arg(
+        long,
+        env = "ADDONREG_REPLICA_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub replica_urls: Vec<Secret>,
+
+    /// The primary, used when no replica is configured. [env: ADDONREG_DATABASE_URL]
+    #[arg(
+        long,
+        env = "ADDONREG_DATABASE_URL",
+        default_value = "postgres://addonreg_gateway@127.0.0.1:5432/addonreg",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub database_url: Secret,
+
+    #[command(flatten)]
+    pub pool: PoolSettings,
+
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+
+    #[command(flatten)]
+    pub log: LogSettings,
+
+    /// version.json to answer /__version__ with. [env: ADDONREG_VERSION_FILE]
+    #[arg(
+        long,
+        env = "ADDONREG_VERSION_FILE",
+        default_value = "/app/version.json"
+    )]
+    pub version_file: PathBuf,
+}
+
+impl Settings {
+    /// The database URLs to read from: the replicas, else the primary.
+    pub fn read_urls(&self) -> Vec<Secret> {
+        if self.replica_urls.is_empty() {
+            vec![self.database_url.clone()]
+        } else {
+            self.replica_urls.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = Settings::try_parse_from(["api-gateway"]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.metrics_listen.0.unwrap().to_string(), "127.0.0.1:9101");
+        assert_eq!(s.amqp.prefix.as_str(), "addonreg");
+        assert_eq!(s.read_urls().len(), 1);
+        let s = Settings::try_parse_from([
+            "api-gateway",
+            "--replica-urls",
+            "postgres://a/x,postgres://b/x",
+            "--metrics-listen",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(s.read_urls().len(), 2);
+        assert_eq!(s.metrics_listen.0, None);
+    }
+}

@@ -1,0 +1,48 @@
+//! The integration tests' harness: real Postgres and RabbitMQ, one of each
+//! name per test, cleaned up afterwards.
+//!
+//! Layout:
+//! - `database`: a fresh migrated database per test on a Postgres cluster.
+//! - `broker`: a unique RabbitMQ name prefix per test, its names deleted at the end.
+//! - `cluster`: a Postgres primary of the test's own (initdb on a free port),
+//!   which it may stop and start, and streaming replicas of it.
+//! - `process`: a real binary of the workspace, started and stopped by a test.
+//!
+//! Each owner cleans up in `Drop`, also when the test fails; a failing test's
+//! database is kept (and named on stderr) for a post-mortem.
+
+pub mod broker;
+pub mod cluster;
+pub mod database;
+pub mod process;
+
+pub use broker::TestBroker;
+pub use cluster::{PgServer, TestCluster, TestReplica};
+pub use database::TestDb;
+pub use process::{TestProcess, free_port, wait_for_http};
+
+/// A short random name part, unique per test.
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// Runs `work` to completion on a runtime of its own, on a thread of its own:
+/// `Drop` can't be async, and may run inside a test's runtime.
+fn block_on_own_runtime<F>(work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let joined = std::thread::spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(work),
+            Err(e) => eprintln!("harness: no runtime for cleanup: {e}"),
+        }
+    })
+    .join();
+    if joined.is_err() {
+        eprintln!("harness: cleanup panicked");
+    }
+}

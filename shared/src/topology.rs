@@ -1,0 +1,126 @@
+//! The RabbitMQ topology of the contract, as data, declared idempotently.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::settings::Prefix;
+
+/// Routing key AMO publishes writes with.
+pub const WRITE_ROUTING_KEY: &str = "write";
+/// Header carrying a dead-lettered message's reason.
+pub const REASON_HEADER: &str = "x-addonreg-reason";
+/// Backstop redelivery limit on the writes queue. The contract asks for at
+/// least 50; RabbitMQ 4 would otherwise apply 20, and crash redeliveries count.
+pub const DELIVERY_LIMIT: i64 = 1_000;
+
+/// Every exchange and queue name under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Direct exchange AMO publishes to (`<prefix>.writes`).
+    pub writes_exchange: String,
+    /// Quorum queue the workers consume (`<prefix>.writes`).
+    pub writes_queue: String,
+    /// Queue of rejected writes (`<prefix>.writes.dead`).
+    pub dead_queue: String,
+    /// Fanout exchange of invalidation events (`<prefix>.invalidations`).
+    pub invalidations_exchange: String,
+}
+
+impl Topology {
+    /// The names under `prefix`.
+    pub fn new(prefix: &Prefix) -> Self {
+        Self {
+            writes_exchange: format!("{prefix}.writes"),
+            writes_queue: format!("{prefix}.writes"),
+            dead_queue: format!("{prefix}.writes.dead"),
+            invalidations_exchange: format!("{prefix}.invalidations"),
+        }
+    }
+
+    /// Declares the whole topology; safe to repeat (after every reconnect).
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.writes_exchange.as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.invalidations_exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(
+                self.dead_queue.as_str().into(),
+                durable_queue,
+                quorum_args(None),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.writes_queue.as_str().into(),
+                durable_queue,
+                quorum_args(Some(&self.dead_queue)),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.writes_queue.as_str().into(),
+                self.writes_exchange.as_str().into(),
+                WRITE_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Arguments of a quorum queue; the writes queue also gets the delivery-limit
+/// backstop, overflowing into the dead queue rather than being dropped.
+fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+    if let Some(dead) = dead_letter_to {
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        args.insert("x-dead-letter-exchange".into(), long_string(""));
+        args.insert("x-dead-letter-routing-key".into(), long_string(dead));
+    }
+    args
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        let t = Topology::new(&"addonreg".parse().unwrap());
+        assert_eq!(t.writes_exchange, "addonreg.writes");
+        assert_eq!(t.writes_queue, "addonreg.writes");
+        assert_eq!(t.dead_queue, "addonreg.writes.dead");
+        assert_eq!(t.invalidations_exchange, "addonreg.invalidations");
+    }
+}

@@ -1,0 +1,98 @@
+//! Builds a worker from its settings and runs it until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use shared::db;
+use shared::settings::InvalidSetting;
+use shared::topology::Topology;
+
+use crate::broker;
+use crate::settings::Settings;
+
+/// Why a worker could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Setting(#[from] InvalidSetting),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (ADDONREG_METRICS_LISTEN): {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A worker ready to run.
+pub struct App {
+    settings: Settings,
+    admin: Option<TcpListener>,
+    pool: sqlx::PgPool,
+    registry: prometheus::Registry,
+}
+
+impl App {
+    /// Binds the admin listener and prepares the pool (which connects lazily,
+    /// so a worker starts while Postgres is down).
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let options = db::connect_options(
+            &settings.database_url,
+            "ADDONREG_DATABASE_URL",
+            &settings.pool,
+            "addonreg-write-worker",
+        )?;
+        let pool = db::lazy_pool(options, &settings.pool);
+        let admin = match settings.metrics_listen.0 {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            settings,
+            admin,
+            pool,
+            registry: shared::admin::registry("addonreg_worker"),
+        })
+    }
+
+    /// Where the admin listener is, if on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let stop = CancellationToken::new();
+        let topology = Topology::new(&self.settings.amqp.prefix);
+        let admin = async {
+            if let Some(listener) = self.admin {
+                shared::admin::serve(listener, self.registry, stop.clone().cancelled_owned()).await;
+            }
+        };
+        let work = async {
+            if let Some(session) =
+                broker::connect_with_backoff(&self.settings.amqp.url, &topology, &stop).await
+            {
+                stop.cancelled().await;
+                let _ = session.connection.close(0, "worker stopping".into()).await;
+            }
+        };
+        let signal = async {
+            shutdown.await;
+            stop.cancel();
+        };
+        tokio::join!(admin, work, signal);
+        self.pool.close().await;
+        tracing::info!(type = "worker.stop", "worker stopped");
+    }
+}

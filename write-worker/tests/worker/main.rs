@@ -1,0 +1,4 @@
+//! The worker's integration tests, against real Postgres and RabbitMQ.
+
+mod foundation;
+mod helpers;
