@@ -1,4 +1,6 @@
-//! Builds a worker from its settings and runs it until told to stop.
+//! Builds a worker from its settings and runs it until told to stop: on
+//! SIGTERM it stops taking messages, commits and acknowledges the batch in
+//! hand, and exits.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +13,8 @@ use shared::db;
 use shared::settings::InvalidSetting;
 use shared::topology::Topology;
 
-use crate::broker;
+use crate::consumer::Consumer;
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 
 /// Why a worker could not start.
@@ -36,6 +39,7 @@ pub struct App {
     admin: Option<TcpListener>,
     pool: sqlx::PgPool,
     registry: prometheus::Registry,
+    metrics: Metrics,
 }
 
 impl App {
@@ -48,6 +52,7 @@ impl App {
             &settings.pool,
             "addonreg-write-worker",
         )?;
+        settings.batch.validate()?;
         let pool = db::lazy_pool(options, &settings.pool);
         let admin = match settings.metrics_listen.0 {
             Some(addr) => Some(
@@ -57,11 +62,14 @@ impl App {
             ),
             None => None,
         };
+        let registry = shared::admin::registry("addonreg_worker");
+        let metrics = Metrics::register(&registry);
         Ok(Self {
             settings,
             admin,
             pool,
-            registry: shared::admin::registry("addonreg_worker"),
+            registry,
+            metrics,
         })
     }
 
@@ -79,14 +87,14 @@ impl App {
                 shared::admin::serve(listener, self.registry, stop.clone().cancelled_owned()).await;
             }
         };
-        let work = async {
-            if let Some(session) =
-                broker::connect_with_backoff(&self.settings.amqp.url, &topology, &stop).await
-            {
-                stop.cancelled().await;
-                let _ = session.connection.close(0, "worker stopping".into()).await;
-            }
+        let consumer = Consumer {
+            pool: self.pool.clone(),
+            amqp_url: self.settings.amqp.url.clone(),
+            topology,
+            batch: self.settings.batch.clone(),
+            metrics: self.metrics,
         };
+        let work = consumer.run(&stop);
         let signal = async {
             shutdown.await;
             stop.cancel();

@@ -4,11 +4,25 @@
 //! - `settings`: subcommands, flags and `ADDONREG_*` variables.
 //! - `app`: builds a worker from its settings and runs it until stopped.
 //! - `broker`: the RabbitMQ session and its reconnection with backoff.
+//! - `consumer`: batches from the writes queue, acknowledged after processing.
+//! - `batch`: one batch parsed, committed, dead-lettered and announced.
+//! - `store`: the transaction that folds ops into records and keeps receipts.
+//! - `history`: the ops kept with each record.
+//! - `faults`: which commit failures are retried and which refuse a write.
+//! - `publisher`: dead letters and invalidation events, with confirms.
+//! - `metrics`: every metric the worker exports.
 //! - `migrate`: the `migrate` subcommand.
 
 pub mod app;
+pub mod batch;
 pub mod broker;
+pub mod consumer;
+pub mod faults;
+pub mod history;
+pub mod metrics;
 pub mod migrate;
+pub mod publisher;
 pub mod settings;
+pub mod store;
 
 pub use app::App;

@@ -51,10 +51,60 @@ pub struct Settings {
     pub pool: PoolSettings,
 
     #[command(flatten)]
+    pub batch: BatchSettings,
+
+    #[command(flatten)]
     pub amqp: AmqpSettings,
 
     #[command(flatten)]
     pub log: LogSettings,
+}
+
+/// How writes are taken from the queue and committed together.
+#[derive(Debug, Clone, Args)]
+pub struct BatchSettings {
+    /// Unacknowledged messages the broker may send ahead; at least the batch
+    /// size, so the next batch is waiting while one commits. [env: ADDONREG_PREFETCH]
+    #[arg(long, env = "ADDONREG_PREFETCH", default_value_t = 2_000)]
+    pub prefetch: u16,
+
+    /// Most messages committed in one transaction. [env: ADDONREG_BATCH_MAX_MESSAGES]
+    #[arg(
+        long = "batch-max-messages",
+        env = "ADDONREG_BATCH_MAX_MESSAGES",
+        default_value_t = 500
+    )]
+    pub max_messages: usize,
+
+    /// Body bytes at which a batch stops growing (a proxy for its ops, known
+    /// before parsing; ~150 bytes an op). [env: ADDONREG_BATCH_MAX_BYTES]
+    #[arg(long = "batch-max-bytes", env = "ADDONREG_BATCH_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_bytes: usize,
+
+    /// Longest wait for more messages once a batch has one, in ms: the
+    /// latency bought for throughput at low rates. [env: ADDONREG_BATCH_MAX_WAIT_MS]
+    #[arg(
+        long = "batch-max-wait-ms",
+        env = "ADDONREG_BATCH_MAX_WAIT_MS",
+        default_value_t = 5
+    )]
+    pub max_wait_ms: u64,
+}
+
+impl BatchSettings {
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), shared::settings::InvalidSetting> {
+        if self.max_messages == 0 || usize::from(self.prefetch) < self.max_messages {
+            return Err(shared::settings::InvalidSetting {
+                variable: "ADDONREG_PREFETCH",
+                problem: format!(
+                    "must be at least ADDONREG_BATCH_MAX_MESSAGES ({}) and that at least 1",
+                    self.max_messages
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,253 @@
+//! One batch of deliveries: parsed, committed (retrying what the database
+//! can't take now, isolating what it never will), dead-lettered, announced.
+//! The caller acknowledges it afterwards, and only then.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use shared::domain::WriteId;
+use shared::event::InvalidationEvent;
+use shared::write::WriteMessage;
+
+use crate::faults::{self, Fault};
+use crate::metrics::Metrics;
+use crate::publisher::{PublishError, Publisher};
+use crate::store::{self, Committed, RejectedWrite};
+
+/// First and longest pause between attempts to commit while Postgres fails.
+const RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// A delivery's parts that processing needs.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The broker's delivery tag on the consuming channel.
+    pub tag: u64,
+    /// The message body.
+    pub body: Vec<u8>,
+    /// The message properties (kept whole for dead-lettering).
+    pub properties: BasicProperties,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+}
+
+impl From<Delivery> for Received {
+    fn from(d: Delivery) -> Self {
+        Self {
+            tag: d.delivery_tag,
+            body: d.data,
+            properties: d.properties,
+            redelivered: d.redelivered,
+        }
+    }
+}
+
+/// Why a batch was not finished; its messages stay unacknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Publishing failed: the broker session must be rebuilt.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The worker is stopping while Postgres is failing.
+    #[error("stopped before the batch could be committed")]
+    Stopped,
+}
+
+/// A message to dead-letter.
+struct DeadLetter<'a> {
+    received: &'a Received,
+    /// `code: message`, the `x-addonreg-reason` header.
+    reason: String,
+    code: &'static str,
+}
+
+/// What processing needs besides the batch.
+pub struct Processor<'a> {
+    /// The primary.
+    pub pool: &'a PgPool,
+    /// Where dead letters and events go.
+    pub publisher: &'a Publisher,
+    /// The worker's metrics.
+    pub metrics: &'a Metrics,
+    /// Fires on SIGTERM: stop retrying a failing commit.
+    pub stop: &'a CancellationToken,
+}
+
+impl Processor<'_> {
+    /// Commits a batch, dead-letters its bad messages and publishes its
+    /// invalidation event; on `Ok` every message may be acknowledged.
+    pub async fn process(&self, batch: &[Received]) -> Result<(), BatchError> {
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut sources = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        let mut rejected = Vec::new();
+        for received in batch {
+            if received.redelivered {
+                self.metrics.redeliveries.inc();
+            }
+            match WriteMessage::parse(&received.body) {
+                Ok(write) => {
+                    writes.push(write);
+                    sources.push(received);
+                }
+                Err(rejection) => {
+                    let reason = rejection.reason.to_string();
+                    let receipt_id = rejection.write_id.or_else(|| message_id(received));
+                    if let Some(write_id) = receipt_id {
+                        rejected.push(RejectedWrite {
+                            write_id,
+                            reason: reason.clone(),
+                        });
+                    }
+                    let code = rejection.reason.code();
+                    dead.push(DeadLetter {
+                        received,
+                        reason: format!("{code}: {reason}"),
+                        code,
+                    });
+                }
+            }
+        }
+
+        let ops: usize = writes.iter().map(|w| w.ops.len()).sum();
+        let started = std::time::Instant::now();
+        let committed = match self.commit_retrying(&writes, &rejected).await? {
+            Ok(committed) => committed,
+            Err(_) => {
+                self.isolate_refused(&writes, &sources, rejected, &mut dead)
+                    .await?
+            }
+        };
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_messages.observe(batch.len() as f64);
+        self.metrics.batch_ops.observe(ops as f64);
+
+        for letter in &dead {
+            self.publisher
+                .dead_letter(
+                    &letter.received.body,
+                    &letter.received.properties,
+                    &letter.reason,
+                )
+                .await?;
+            self.metrics
+                .dead_lettered
+                .with_label_values(&[letter.code])
+                .inc();
+            self.metrics.messages.with_label_values(&["rejected"]).inc();
+            tracing::warn!(type = "write.rejected", reason = %letter.reason, "write dead-lettered");
+        }
+        if !committed.pairs.is_empty() {
+            let event = InvalidationEvent::new(committed.pairs, committed.lsn);
+            let sent = self.publisher.invalidate(&event).await?;
+            self.metrics.invalidations.inc_by(sent as u64);
+        }
+        for status in committed.outcomes.values() {
+            self.metrics
+                .messages
+                .with_label_values(&[status.as_str()])
+                .inc();
+        }
+        self.metrics
+            .messages
+            .with_label_values(&["duplicate"])
+            .inc_by(committed.duplicates as u64);
+        Ok(())
+    }
+
+    /// Commits, retrying with backoff while the failure is transient. The
+    /// inner `Err` is a refusal's reason.
+    async fn commit_retrying(
+        &self,
+        writes: &[WriteMessage],
+        rejected: &[RejectedWrite],
+    ) -> Result<Result<Committed, String>, BatchError> {
+        let mut pause = RETRY.0;
+        loop {
+            let error = match store::commit(self.pool, writes, rejected).await {
+                Ok(committed) => return Ok(Ok(committed)),
+                Err(error) => error,
+            };
+            let fault = faults::classify(&error);
+            self.metrics
+                .commit_errors
+                .with_label_values(&[fault.kind()])
+                .inc();
+            match fault {
+                Fault::Refused(reason) => {
+                    tracing::warn!(type = "batch.refused", error = %error, writes = writes.len(), "database refused a batch");
+                    return Ok(Err(reason));
+                }
+                Fault::Transient => {
+                    tracing::warn!(type = "batch.retry", error = %error, retry_ms = pause.as_millis() as u64, "commit failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return Err(BatchError::Stopped),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(RETRY.1);
+        }
+    }
+
+    /// The database refused the batch: commit its writes one by one, and
+    /// dead-letter those it refuses alone, so no neighbour suffers.
+    async fn isolate_refused<'a>(
+        &self,
+        writes: &[WriteMessage],
+        sources: &[&'a Received],
+        mut rejected: Vec<RejectedWrite>,
+        dead: &mut Vec<DeadLetter<'a>>,
+    ) -> Result<Committed, BatchError> {
+        let mut merged = Committed::default();
+        for (write, received) in writes.iter().zip(sources) {
+            match self
+                .commit_retrying(std::slice::from_ref(write), &[])
+                .await?
+            {
+                Ok(one) => merge(&mut merged, one),
+                Err(reason) => {
+                    rejected.push(RejectedWrite {
+                        write_id: write.write_id.clone(),
+                        reason: reason.clone(),
+                    });
+                    dead.push(DeadLetter {
+                        received,
+                        reason: format!("database_refused: {reason}"),
+                        code: "database_refused",
+                    });
+                }
+            }
+        }
+        // Rejected receipts alone: nothing in them can be refused but by a bug.
+        match self.commit_retrying(&[], &rejected).await? {
+            Ok(receipts) => merge(&mut merged, receipts),
+            Err(reason) => {
+                tracing::error!(type = "batch.refused", reason, "rejected receipts refused")
+            }
+        }
+        Ok(merged)
+    }
+}
+
+fn merge(into: &mut Committed, from: Committed) {
+    into.outcomes.extend(from.outcomes);
+    into.duplicates += from.duplicates;
+    into.pairs.extend(from.pairs);
+    into.lsn = into.lsn.max(from.lsn);
+}
+
+/// The AMQP `message_id`, when it is a valid write id: where a rejected
+/// message's receipt goes when its body has none.
+fn message_id(received: &Received) -> Option<WriteId> {
+    received
+        .properties
+        .message_id()
+        .as_ref()
+        .and_then(|id| WriteId::parse(id.as_str()).ok())
+}

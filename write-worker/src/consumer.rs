@@ -1,0 +1,137 @@
+//! Consuming the writes queue: batches of deliveries, processed and then
+//! acknowledged together; the broker session rebuilt whenever it fails.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use shared::settings::Secret;
+use shared::topology::Topology;
+
+use crate::batch::{BatchError, Processor, Received};
+use crate::broker::{self, Session};
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::settings::BatchSettings;
+
+/// Pause after a session failed right after connecting, so that a broker
+/// refusing us does not become a hot loop.
+const SESSION_PAUSE: Duration = Duration::from_millis(500);
+
+/// Everything a consumer needs.
+pub struct Consumer {
+    /// The primary.
+    pub pool: PgPool,
+    /// The broker.
+    pub amqp_url: Secret,
+    /// The names.
+    pub topology: Topology,
+    /// Batch sizes and waits.
+    pub batch: BatchSettings,
+    /// The worker's metrics.
+    pub metrics: Metrics,
+}
+
+/// Why a session ended other than by the stop signal.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("the broker ended the consumer")]
+    ConsumerEnded,
+}
+
+impl Consumer {
+    /// Consumes until `stop` fires: the batch in hand is committed and
+    /// acknowledged first; messages prefetched but not begun go back to the queue.
+    pub async fn run(&self, stop: &CancellationToken) {
+        let mut first = true;
+        while let Some(session) =
+            broker::connect_with_backoff(&self.amqp_url, &self.topology, stop).await
+        {
+            if !std::mem::take(&mut first) {
+                self.metrics.reconnects.inc();
+            }
+            let result = self.consume(&session, stop).await;
+            let _ = session
+                .connection
+                .close(0, "worker session ends".into())
+                .await;
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(type = "broker.session_lost", error = %e, "broker session lost; reconnecting")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(SESSION_PAUSE) => {}
+            }
+        }
+    }
+
+    async fn consume(
+        &self,
+        session: &Session,
+        stop: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let channel = &session.channel;
+        channel
+            .basic_qos(self.batch.prefetch, BasicQosOptions::default())
+            .await?;
+        let publisher = Publisher::open(&session.connection, self.topology.clone()).await?;
+        let mut deliveries = channel
+            .basic_consume(
+                self.topology.writes_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let processor = Processor {
+            pool: &self.pool,
+            publisher: &publisher,
+            metrics: &self.metrics,
+            stop,
+        };
+        let max_wait = Duration::from_millis(self.batch.max_wait_ms);
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                next = deliveries.next() => next.ok_or(SessionError::ConsumerEnded)??,
+            };
+            let mut bytes = first.data.len();
+            let mut batch = vec![Received::from(first)];
+            let deadline = Instant::now() + max_wait;
+            while batch.len() < self.batch.max_messages && bytes < self.batch.max_bytes {
+                match tokio::time::timeout_at(deadline, deliveries.next()).await {
+                    Err(_) => break,
+                    Ok(next) => {
+                        let delivery = next.ok_or(SessionError::ConsumerEnded)??;
+                        bytes += delivery.data.len();
+                        batch.push(Received::from(delivery));
+                    }
+                }
+            }
+            match processor.process(&batch).await {
+                Ok(()) => {}
+                Err(BatchError::Stopped) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            // Deliveries are processed in tag order, a whole batch at a time:
+            // everything unacknowledged up to the last tag is this batch.
+            let last = batch.last().map(|r| r.tag).unwrap_or_default();
+            channel
+                .basic_ack(last, BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+}
