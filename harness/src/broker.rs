@@ -67,7 +67,8 @@ impl Drop for TestBroker {
                         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                         .await?;
                 }
-                conn.close(0, "test done".into()).await
+                conn.close(shared::topology::REPLY_SUCCESS, "test done".into())
+                    .await
             };
             if let Err(e) = deleted.await {
                 eprintln!("harness: could not delete the test's RabbitMQ names: {e}");

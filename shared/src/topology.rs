@@ -14,6 +14,9 @@ pub const REASON_HEADER: &str = "x-addonreg-reason";
 /// least 50; RabbitMQ 4 would otherwise apply 20, and crash redeliveries count.
 pub const DELIVERY_LIMIT: i64 = 1_000;
 
+/// AMQP's reply code for a normal close.
+pub const REPLY_SUCCESS: u16 = 200;
+
 /// Every exchange and queue name under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {

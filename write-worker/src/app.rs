@@ -14,6 +14,7 @@ use shared::settings::InvalidSetting;
 use shared::topology::Topology;
 
 use crate::consumer::Consumer;
+use crate::janitor;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
@@ -95,11 +96,12 @@ impl App {
             metrics: self.metrics,
         };
         let work = consumer.run(&stop);
+        let janitor = janitor::run(&self.pool, self.settings.janitor.retention(), &stop);
         let signal = async {
             shutdown.await;
             stop.cancel();
         };
-        tokio::join!(admin, work, signal);
+        tokio::join!(admin, work, janitor, signal);
         self.pool.close().await;
         tracing::info!(type = "worker.stop", "worker stopped");
     }

@@ -8,7 +8,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
 use shared::settings::Secret;
-use shared::topology::Topology;
+use shared::topology::{REPLY_SUCCESS, Topology};
 
 /// First and longest wait between connection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
@@ -19,6 +19,21 @@ pub struct Session {
     pub connection: Connection,
     /// The channel everything is done on.
     pub channel: Channel,
+}
+
+impl Session {
+    /// Closes the channel, then the connection: unacknowledged deliveries go
+    /// back to the queue.
+    pub async fn close(&self) {
+        let _ = self
+            .channel
+            .close(REPLY_SUCCESS, "worker session ends".into())
+            .await;
+        let _ = self
+            .connection
+            .close(REPLY_SUCCESS, "worker session ends".into())
+            .await;
+    }
 }
 
 /// Connects, opens a channel and declares the topology, once.

@@ -60,10 +60,7 @@ impl Consumer {
                 self.metrics.reconnects.inc();
             }
             let result = self.consume(&session, stop).await;
-            let _ = session
-                .connection
-                .close(0, "worker session ends".into())
-                .await;
+            session.close().await;
             match result {
                 Ok(()) => return,
                 Err(e) => {
@@ -87,6 +84,18 @@ impl Consumer {
             .basic_qos(self.batch.prefetch, BasicQosOptions::default())
             .await?;
         let publisher = Publisher::open(&session.connection, self.topology.clone()).await?;
+        let result = self.consume_with(session, &publisher, stop).await;
+        publisher.close().await;
+        result
+    }
+
+    async fn consume_with(
+        &self,
+        session: &Session,
+        publisher: &Publisher,
+        stop: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let channel = &session.channel;
         let mut deliveries = channel
             .basic_consume(
                 self.topology.writes_queue.as_str().into(),
@@ -97,7 +106,7 @@ impl Consumer {
             .await?;
         let processor = Processor {
             pool: &self.pool,
-            publisher: &publisher,
+            publisher,
             metrics: &self.metrics,
             stop,
         };

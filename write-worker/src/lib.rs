@@ -10,6 +10,7 @@
 //! - `history`: the ops kept with each record.
 //! - `faults`: which commit failures are retried and which refuse a write.
 //! - `publisher`: dead letters and invalidation events, with confirms.
+//! - `janitor`: purges old receipts and tombstones, one worker at a time.
 //! - `metrics`: every metric the worker exports.
 //! - `migrate`: the `migrate` subcommand.
 
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod consumer;
 pub mod faults;
 pub mod history;
+pub mod janitor;
 pub mod metrics;
 pub mod migrate;
 pub mod publisher;

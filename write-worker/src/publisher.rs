@@ -7,7 +7,7 @@ use lapin::types::{AMQPValue, LongString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use shared::event::InvalidationEvent;
-use shared::topology::{REASON_HEADER, Topology};
+use shared::topology::{REASON_HEADER, REPLY_SUCCESS, Topology};
 
 /// Most keys in one event; a larger batch sends several, with the same LSN.
 const KEYS_PER_EVENT: usize = 5_000;
@@ -37,6 +37,11 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self { channel, topology })
+    }
+
+    /// Closes the channel (before its connection: lapin logs an error otherwise).
+    pub async fn close(&self) {
+        let _ = self.channel.close(REPLY_SUCCESS, "done".into()).await;
     }
 
     /// Moves a message to the dead-letter queue: same body and properties,

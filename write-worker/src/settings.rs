@@ -54,6 +54,9 @@ pub struct Settings {
     pub batch: BatchSettings,
 
     #[command(flatten)]
+    pub janitor: JanitorSettings,
+
+    #[command(flatten)]
     pub amqp: AmqpSettings,
 
     #[command(flatten)]
@@ -89,6 +92,39 @@ pub struct BatchSettings {
         default_value_t = 5
     )]
     pub max_wait_ms: u64,
+}
+
+/// What the janitor keeps, and how often it looks.
+#[derive(Debug, Clone, Args)]
+pub struct JanitorSettings {
+    /// Seconds a receipt is kept after `processed_at`. [env: ADDONREG_RECEIPT_RETENTION_SECS]
+    #[arg(long = "receipt-retention-secs", env = "ADDONREG_RECEIPT_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub receipt_retention_secs: u64,
+
+    /// Seconds a tombstone is kept after its delete's `issued_at`; older ops
+    /// of a purged pair are superseded. [env: ADDONREG_TOMBSTONE_RETENTION_SECS]
+    #[arg(long = "tombstone-retention-secs", env = "ADDONREG_TOMBSTONE_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub tombstone_retention_secs: u64,
+
+    /// Seconds between janitor rounds. [env: ADDONREG_JANITOR_INTERVAL_SECS]
+    #[arg(
+        long = "janitor-interval-secs",
+        env = "ADDONREG_JANITOR_INTERVAL_SECS",
+        default_value_t = 300
+    )]
+    pub interval_secs: u64,
+}
+
+impl JanitorSettings {
+    /// As the janitor takes them.
+    pub fn retention(&self) -> crate::janitor::Retention {
+        use std::time::Duration;
+        crate::janitor::Retention {
+            receipts: Duration::from_secs(self.receipt_retention_secs),
+            tombstones: Duration::from_secs(self.tombstone_retention_secs),
+            interval: Duration::from_secs(self.interval_secs.max(1)),
+        }
+    }
 }
 
 impl BatchSettings {

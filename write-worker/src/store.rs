@@ -64,6 +64,7 @@ struct Head {
 }
 
 /// A new op of the batch, with the write it came from.
+#[derive(Clone)]
 struct NewOp<'a> {
     key: OpKey,
     action: &'a Action,
@@ -122,9 +123,33 @@ pub async fn commit(
             .collect();
         let mut histories = load_histories(&mut tx, &late).await?;
         let (mut updates, mut inserts) = (Vec::new(), Vec::new());
+        // Read after the heads: a pair the janitor purged is then seen gone
+        // together with the horizon its purge raised.
+        let horizon = if heads.len() < pending.len() {
+            Some(compaction_horizon(&mut tx).await?)
+        } else {
+            None
+        };
         for &pair in &pending {
-            let ops = &by_pair[pair];
             let head = heads.get(pair);
+            let kept: Vec<NewOp<'_>>;
+            let ops = match (head, horizon) {
+                // An unknown pair's ops at or before the horizon are older than
+                // compacted state: superseded, not stored.
+                (None, Some(horizon)) => {
+                    kept = by_pair[pair]
+                        .iter()
+                        .filter(|o| o.key.issued_at > horizon)
+                        .cloned()
+                        .collect();
+                    if kept.is_empty() {
+                        newest.remove(pair);
+                        continue;
+                    }
+                    &kept
+                }
+                _ => &by_pair[pair],
+            };
             newest.insert(pair, newest_writes(ops, head.map(|h| &h.last)));
             let row = match (head, histories.remove(pair)) {
                 (None, _) => fold_new(pair, ops),
@@ -163,6 +188,19 @@ pub async fn commit(
     tx.commit().await?;
     committed.lsn = current_lsn(pool).await?;
     Ok(committed)
+}
+
+/// The janitor's compaction horizon (see migrations/*_compaction.sql).
+async fn compaction_horizon(conn: &mut PgConnection) -> Result<Timestamp, sqlx::Error> {
+    let horizon: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT CASE WHEN horizon = '-infinity' THEN NULL ELSE horizon END FROM compaction",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(horizon.map_or(
+        Timestamp::from_utc(DateTime::<Utc>::MIN_UTC),
+        Timestamp::from_utc,
+    ))
 }
 
 /// The primary's WAL position now: at or after every commit made so far.

@@ -208,6 +208,10 @@ async fn worker_starts_logs_mozlog_serves_metrics_and_stops_on_sigterm() {
         let v: serde_json::Value = serde_json::from_str(line).expect("every stdout line is JSON");
         assert_eq!(v["EnvVersion"], "2.0", "{line}");
         assert_eq!(v["Logger"], "addonreg-write-worker");
+        assert!(
+            v["Severity"].as_u64().unwrap() > 3,
+            "a clean stop logs no error: {line}"
+        );
     }
     assert!(lines.iter().any(|l| l.contains("worker.stop")));
 }

@@ -2,5 +2,6 @@
 
 mod foundation;
 mod helpers;
+mod janitor;
 mod resilience;
 mod writes;
