@@ -1,0 +1,140 @@
+//! A scratch environment per benchmark scenario: its own database (migrated,
+//! dropped afterwards), its own broker prefix (deleted afterwards), and real
+//! worker processes.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Channel, Connection, ConnectionProperties};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
+use tokio::process::{Child, Command};
+
+use shared::settings::Prefix;
+use shared::topology::{REPLY_SUCCESS, Topology};
+
+use crate::BenchError;
+
+/// Where the benchmark's scratch things live.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// A superuser on the Postgres that will hold the scratch databases.
+    pub admin_url: String,
+    /// The broker.
+    pub amqp_url: String,
+    /// Directory of the release binaries.
+    pub bin_dir: PathBuf,
+}
+
+/// One scenario's database and broker names.
+pub struct Scratch {
+    admin: PgConnectOptions,
+    /// The database's name.
+    pub database: String,
+    /// A pool on it as the owner.
+    pub pool: PgPool,
+    /// The broker prefix.
+    pub prefix: Prefix,
+    /// The contract's names under it.
+    pub topology: Topology,
+    /// A broker connection.
+    pub broker: Connection,
+    /// A channel on it with the topology declared.
+    pub channel: Channel,
+    amqp_url: String,
+}
+
+impl Scratch {
+    /// Creates and migrates a database and declares a topology.
+    pub async fn create(target: &Target) -> Result<Self, BenchError> {
+        let admin = PgConnectOptions::from_str(&target.admin_url)?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+        let database = format!("addonreg_bench_{id}");
+        let mut conn = PgConnection::connect_with(&admin).await?;
+        // Our own generated name: safe to splice.
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(admin.clone().database(&database))
+            .await?;
+        shared::db::MIGRATOR.run(&pool).await?;
+        let prefix: Prefix = format!("bench-{id}")
+            .parse()
+            .map_err(|e: String| BenchError::Check(e))?;
+        let topology = Topology::new(&prefix);
+        let broker = Connection::connect(&target.amqp_url, ConnectionProperties::default()).await?;
+        let channel = broker.create_channel().await?;
+        topology.declare(&channel).await?;
+        Ok(Self {
+            admin,
+            database,
+            pool,
+            prefix,
+            topology,
+            broker,
+            channel,
+            amqp_url: target.amqp_url.clone(),
+        })
+    }
+
+    /// The database URL for `role`, for a process.
+    pub fn url_as(&self, role: &str) -> String {
+        let a = &self.admin;
+        format!(
+            "postgres://{role}@{}:{}/{}",
+            a.get_host(),
+            a.get_port(),
+            self.database
+        )
+    }
+
+    /// Starts a worker process on this scratch environment.
+    pub fn start_worker(&self, target: &Target, args: &[String]) -> Result<Child, BenchError> {
+        let bin = target.bin_dir.join("write-worker");
+        Command::new(&bin)
+            .args(args)
+            .env_clear()
+            .env("ADDONREG_DATABASE_URL", self.url_as("addonreg_worker"))
+            .env("ADDONREG_AMQP_URL", &self.amqp_url)
+            .env("ADDONREG_PREFIX", self.prefix.as_str())
+            .env("ADDONREG_METRICS_LISTEN", "0")
+            .env("ADDONREG_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::Process(bin.display().to_string(), e))
+    }
+
+    /// Deletes the topology and drops the database.
+    pub async fn drop(self) -> Result<(), BenchError> {
+        for queue in [&self.topology.writes_queue, &self.topology.dead_queue] {
+            self.channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [
+            &self.topology.writes_exchange,
+            &self.topology.invalidations_exchange,
+        ] {
+            self.channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        self.broker
+            .close(REPLY_SUCCESS, "bench done".into())
+            .await?;
+        self.pool.close().await;
+        let mut conn = PgConnection::connect_with(&self.admin).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database
+        )))
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+}
