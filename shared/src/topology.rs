@@ -94,16 +94,22 @@ impl Topology {
     }
 }
 
-/// Arguments of a quorum queue; the writes queue also gets the delivery-limit
-/// backstop, overflowing into the dead queue rather than being dropped.
+/// Delivery limit of the dead queue: every `dlq list` returns its messages
+/// and counts as a delivery; RabbitMQ 4's default of 20 would silently drop
+/// dead letters that SREs merely looked at.
+pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000;
+
+/// Arguments of a quorum queue, each with an explicit delivery limit; the
+/// writes queue's overflows into the dead queue rather than being dropped.
 fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+    let limit = match dead_letter_to {
+        Some(_) => DELIVERY_LIMIT,
+        None => DEAD_DELIVERY_LIMIT,
+    };
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
     if let Some(dead) = dead_letter_to {
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
         args.insert("x-dead-letter-exchange".into(), long_string(""));
         args.insert("x-dead-letter-routing-key".into(), long_string(dead));
     }

@@ -40,7 +40,10 @@ impl Session {
 pub async fn connect(url: &Secret, topology: &Topology) -> lapin::Result<Session> {
     let connection = Connection::connect(
         url.expose(),
-        ConnectionProperties::default().with_connection_name("addonreg-write-worker".into()),
+        // Named per prefix, so SREs (and tests) can tell deployments apart.
+        ConnectionProperties::default().with_connection_name(
+            format!("addonreg-write-worker {}", topology.writes_queue).into(),
+        ),
     )
     .await?;
     let channel = connection.create_channel().await?;

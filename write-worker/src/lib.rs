@@ -13,11 +13,13 @@
 //! - `janitor`: purges old receipts and tombstones, one worker at a time.
 //! - `metrics`: every metric the worker exports.
 //! - `migrate`: the `migrate` subcommand.
+//! - `dlq`: the `dlq` subcommands: list, show, replay and purge dead letters.
 
 pub mod app;
 pub mod batch;
 pub mod broker;
 pub mod consumer;
+pub mod dlq;
 pub mod faults;
 pub mod history;
 pub mod janitor;

@@ -1,5 +1,6 @@
 //! The worker's settings: flags and `ADDONREG_*` variables.
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
 use shared::settings::{AmqpSettings, LogSettings, OptionalListen, PoolSettings, Secret};
 
@@ -21,6 +22,58 @@ pub enum Command {
     Run,
     /// Apply the schema migrations; run as the schema's owner. Safe to repeat.
     Migrate,
+    /// Inspect, replay or purge the dead letters (`<prefix>.writes.dead`);
+    /// plain text for a person at a terminal.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// What to do with the dead letters.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// One line per dead letter, oldest first: position, message_id, reason,
+    /// body bytes. Takes nothing off the queue.
+    List {
+        /// Most dead letters printed.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Headers, properties and body of the dead letters with this message_id.
+    Show {
+        /// The AMQP message_id (AMO sets it to the write id).
+        message_id: String,
+    },
+    /// Republish the selected dead letters to the writes exchange, without
+    /// their reason header; each is removed once the broker confirms its copy.
+    Replay(DlqSelection),
+    /// Delete the selected dead letters for good.
+    Purge {
+        #[command(flatten)]
+        selection: DlqSelection,
+        /// Confirms the deletion; purge refuses without it.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which dead letters `replay` and `purge` act on; every filter given must
+/// match. One is required, so that nothing is selected by accident.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = true)]
+pub struct DlqSelection {
+    /// Dead letters whose `x-addonreg-reason` starts with this, e.g. `invalid_field`.
+    #[arg(long, value_name = "PREFIX", value_parser = NonEmptyStringValueParser::new())]
+    pub reason: Option<String>,
+
+    /// Dead letters with one of these message ids (comma-separated).
+    #[arg(long, value_name = "ID,...", value_delimiter = ',', value_parser = NonEmptyStringValueParser::new())]
+    pub ids: Option<Vec<String>>,
+
+    /// Every dead letter.
+    #[arg(long, conflicts_with_all = ["reason", "ids"])]
+    pub all: bool,
 }
 
 /// Settings of every worker command.
@@ -164,5 +217,36 @@ mod tests {
         .unwrap();
         assert!(matches!(cli.command, Some(Command::Migrate)));
         assert_eq!(cli.settings.database_url.expose(), "postgres://o@h/d");
+    }
+
+    #[test]
+    fn dlq_replay_and_purge_need_a_selection() {
+        let dlq = |args: &[&str]| {
+            Cli::try_parse_from(["write-worker", "dlq"].iter().chain(args)).map(|cli| cli.command)
+        };
+        assert!(dlq(&["replay"]).is_err(), "a selection is required");
+        assert!(dlq(&["purge", "--yes"]).is_err(), "a selection is required");
+        assert!(dlq(&["replay", "--all", "--reason", "x"]).is_err());
+        assert!(dlq(&["replay", "--reason", ""]).is_err());
+        let Ok(Some(Command::Dlq {
+            command: DlqCommand::Replay(selection),
+        })) = dlq(&["replay", "--reason", "invalid_field", "--ids", "a,b"])
+        else {
+            panic!("replay parses");
+        };
+        assert_eq!(selection.reason.as_deref(), Some("invalid_field"));
+        assert_eq!(selection.ids, Some(vec!["a".to_string(), "b".to_string()]));
+        assert!(matches!(
+            dlq(&["purge", "--all"]),
+            Ok(Some(Command::Dlq {
+                command: DlqCommand::Purge { yes: false, .. }
+            }))
+        ));
+        assert!(matches!(
+            dlq(&["list"]),
+            Ok(Some(Command::Dlq {
+                command: DlqCommand::List { limit: 100 }
+            }))
+        ));
     }
 }

@@ -225,3 +225,33 @@ impl EventTap {
         serde_json::from_slice(&delivery.data).expect("event is contract JSON")
     }
 }
+
+/// Makes the broker close every connection whose name mentions `prefix` (the
+/// workers' own): what a broker restart or a network cut does to them.
+/// Answers how many it closed.
+pub fn close_broker_connections(prefix: &str) -> usize {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .expect("run rabbitmqctl (as root, beside the broker)");
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let pids: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(prefix))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: connection cut", "-q"])
+            .status()
+            .expect("run rabbitmqctl");
+        assert!(status.success(), "close_connection {pid}");
+    }
+    pids.len()
+}

@@ -211,3 +211,54 @@ async fn a_database_outage_loses_nothing_dead_letters_nothing_and_heals_by_itsel
     assert!((0..20).all(|h| records[&("a@x".to_string(), hash(h))].0 == "revoked"));
     assert_eq!(dead_letters(&broker).await, 0);
 }
+
+#[tokio::test]
+async fn a_cut_broker_connection_is_rebuilt_and_nothing_is_lost() {
+    let (db, broker) = (TestDb::new().await, TestBroker::new());
+    let amo = Amo::connect(&broker).await;
+    let port = free_port();
+    let _worker = start_worker(&db, &broker, port, &[]);
+    let before: Vec<String> = (0..10).map(|i| format!("before-{i}")).collect();
+    for (i, id) in before.iter().enumerate() {
+        amo.publish(&write(
+            id,
+            &at(i as u32),
+            json!([{"op": "register", "addon_id": "a@x", "sha256": hash(i as u32)}]),
+        ))
+        .await;
+    }
+    wait_for_receipts(&db, &before, Duration::from_secs(30)).await;
+
+    assert!(
+        close_broker_connections(broker.prefix.as_str()) >= 1,
+        "the worker's connection was found"
+    );
+    let after: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
+    for (i, id) in after.iter().enumerate() {
+        amo.publish(&write(
+            id,
+            &at(100 + i as u32),
+            json!([{"op": "revoke", "addon_id": "a@x", "sha256": hash(i as u32)}]),
+        ))
+        .await;
+    }
+    let receipts = wait_for_receipts(&db, &after, Duration::from_secs(30)).await;
+    assert!(
+        receipts.values().all(|(s, _)| s == "applied"),
+        "{receipts:?}"
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconnects = metrics
+        .lines()
+        .find(|l| l.starts_with("addonreg_worker_broker_reconnects_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("reconnect counter");
+    assert!(reconnects >= 1.0, "{reconnects}");
+    assert_eq!(dead_letters(&broker).await, 0);
+}
