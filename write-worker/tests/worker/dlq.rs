@@ -65,29 +65,11 @@ fn dlq(broker: &TestBroker, args: &[&str]) -> Run {
     }
 }
 
-/// Messages ready in a queue.
-async fn ready(broker: &TestBroker, queue: &str) -> u32 {
-    let conn = broker.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let count = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .unwrap()
-        .message_count();
-    channel.close(0, "done".into()).await.ok();
-    conn.close(0, "done".into()).await.ok();
-    count
-}
-
 /// Waits until a queue has exactly `n` messages ready.
 async fn wait_ready(broker: &TestBroker, queue: &str, n: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let count = ready(broker, queue).await;
+        let count = queue_depth(broker, queue).await;
         if count == n {
             return;
         }
@@ -188,7 +170,7 @@ async fn dead_letters_are_listed_shown_replayed_without_their_reason_and_purged(
     );
     assert!(first.letters().iter().all(|l| l.ends_with(" bytes")));
     assert_eq!(first.last(), format!("2 of 2 dead letters in {dead}"));
-    assert_eq!(ready(&broker, &dead).await, 2, "list takes nothing");
+    assert_eq!(queue_depth(&broker, &dead).await, 2, "list takes nothing");
     let again = dlq(&broker, &["list"]);
     assert_eq!(again.lines, first.lines, "listing twice changes nothing");
 
@@ -217,7 +199,7 @@ async fn dead_letters_are_listed_shown_replayed_without_their_reason_and_purged(
     );
     assert!(!shown.lines.iter().any(|l| l.contains("dlq-bad-op")));
     assert!(!dlq(&broker, &["show", "no-such-id"]).success);
-    assert_eq!(ready(&broker, &dead).await, 2, "show takes nothing");
+    assert_eq!(queue_depth(&broker, &dead).await, 2, "show takes nothing");
 
     // replay: refused without a selection; then exactly the selected one.
     assert!(!dlq(&broker, &["replay"]).success);
@@ -227,7 +209,7 @@ async fn dead_letters_are_listed_shown_replayed_without_their_reason_and_purged(
         replay.last(),
         format!("replayed 1 of 2 dead letters; 1 left in {dead}")
     );
-    assert_eq!(ready(&broker, &dead).await, 1);
+    assert_eq!(queue_depth(&broker, &dead).await, 1);
     let replayed = drain(&broker, &writes).await;
     assert_eq!(replayed.len(), 1, "exactly one write is back");
     let (id, properties, body) = &replayed[0];
@@ -261,7 +243,7 @@ async fn dead_letters_are_listed_shown_replayed_without_their_reason_and_purged(
     // purge: refused without --yes, then deletes.
     assert!(!dlq(&broker, &["purge", "--all"]).success);
     assert_eq!(
-        ready(&broker, &dead).await,
+        queue_depth(&broker, &dead).await,
         1,
         "nothing purged without --yes"
     );
@@ -271,9 +253,9 @@ async fn dead_letters_are_listed_shown_replayed_without_their_reason_and_purged(
         purge.last(),
         format!("purged 1 of 1 dead letters; 0 left in {dead}")
     );
-    assert_eq!(ready(&broker, &dead).await, 0);
+    assert_eq!(queue_depth(&broker, &dead).await, 0);
     assert_eq!(
-        ready(&broker, &writes).await,
+        queue_depth(&broker, &writes).await,
         0,
         "purge republishes nothing"
     );
@@ -360,7 +342,7 @@ async fn reading_and_leaving_dead_letters_keeps_every_one_in_its_place() {
             "{:?}",
             full.lines
         );
-        assert_eq!(ready(&broker, &dead).await, 7);
+        assert_eq!(queue_depth(&broker, &dead).await, 7);
     }
 
     let replay = dlq(&broker, &["replay", "--ids", "d-2,d-5"]);
@@ -388,7 +370,7 @@ async fn reading_and_leaving_dead_letters_keeps_every_one_in_its_place() {
     );
     let rest = dlq(&broker, &["list"]);
     assert_eq!(listed(&rest), numbered(&["d-1", "d-3", "-"]));
-    assert_eq!(ready(&broker, &writes).await, 0);
+    assert_eq!(queue_depth(&broker, &writes).await, 0);
     connection.close(0, "done".into()).await.ok();
 }
 

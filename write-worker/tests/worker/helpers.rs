@@ -255,3 +255,21 @@ pub fn close_broker_connections(prefix: &str) -> usize {
     }
     pids.len()
 }
+
+/// Messages ready in a queue.
+pub async fn queue_depth(broker: &TestBroker, queue: &str) -> u32 {
+    let conn = broker.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let count = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count();
+    channel.close(0, "done".into()).await.ok();
+    conn.close(0, "done".into()).await.ok();
+    count
+}

@@ -13,22 +13,7 @@ use shared::write::WriteMessage;
 use crate::helpers::*;
 
 async fn dead_letters(broker: &TestBroker) -> u32 {
-    let conn = broker.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare(
-            broker.topology().dead_queue.as_str().into(),
-            passive,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    conn.close(0, "done".into()).await.ok();
-    queue.message_count()
+    queue_depth(broker, &broker.topology().dead_queue).await
 }
 
 /// Ops whose key appears more than once in any record's kept ops.
