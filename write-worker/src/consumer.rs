@@ -117,6 +117,7 @@ impl Consumer {
                 _ = stop.cancelled() => return Ok(()),
                 next = deliveries.next() => next.ok_or(SessionError::ConsumerEnded)??,
             };
+            let collecting = Instant::now();
             let mut bytes = first.data.len();
             let mut batch = vec![Received::from(first)];
             let deadline = Instant::now() + max_wait;
@@ -130,6 +131,7 @@ impl Consumer {
                     }
                 }
             }
+            let processing = Instant::now();
             match processor.process(&batch).await {
                 Ok(()) => {}
                 Err(BatchError::Stopped) => return Ok(()),
@@ -141,6 +143,13 @@ impl Consumer {
             channel
                 .basic_ack(last, BasicAckOptions { multiple: true })
                 .await?;
+            tracing::debug!(
+                type = "batch.done",
+                messages = batch.len(),
+                collect_us = (processing - collecting).as_micros() as u64,
+                process_us = processing.elapsed().as_micros() as u64,
+                "batch committed and acknowledged"
+            );
         }
     }
 }
