@@ -12,9 +12,11 @@ use warp::Filter;
 use shared::settings::InvalidSetting;
 use shared::version::VersionInfo;
 
+use crate::http_caching::CachePolicy;
 use crate::replicas::{self, Replica};
 use crate::settings::Settings;
-use crate::{dockerflow, errors};
+use crate::store::ReadStore;
+use crate::{dockerflow, errors, routes};
 
 /// Why the gateway could not start.
 #[derive(Debug, Error)]
@@ -39,6 +41,8 @@ pub struct App {
     public: TcpListener,
     admin: Option<TcpListener>,
     replicas: Arc<Vec<Replica>>,
+    store: ReadStore,
+    caching: CachePolicy,
     version: Arc<VersionInfo>,
     registry: prometheus::Registry,
 }
@@ -52,7 +56,14 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 impl App {
     /// Binds the listeners and prepares the replica pools (which connect lazily).
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
-        let replicas = replicas::connect(&settings.read_urls(), &settings.pool)?;
+        if settings.read_timeout_ms == 0 {
+            return Err(InvalidSetting {
+                variable: "ADDONREG_READ_TIMEOUT_MS",
+                problem: "must be at least 1".into(),
+            }
+            .into());
+        }
+        let replicas = Arc::new(replicas::connect(&settings.read_urls(), &settings.pool)?);
         let public = bind("ADDONREG_LISTEN", settings.listen).await?;
         let admin = match settings.metrics_listen.0 {
             Some(addr) => Some(bind("ADDONREG_METRICS_LISTEN", addr).await?),
@@ -61,7 +72,12 @@ impl App {
         Ok(Self {
             public,
             admin,
-            replicas: Arc::new(replicas),
+            store: ReadStore::new(replicas.clone(), settings.read_timeout()),
+            caching: CachePolicy::new(
+                settings.cache_ttl_found_secs,
+                settings.cache_ttl_missing_secs,
+            ),
+            replicas,
             version: Arc::new(VersionInfo::load(&settings.version_file)),
             registry: shared::admin::registry("addonreg_gateway"),
         })
@@ -83,6 +99,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let stop = CancellationToken::new();
         let routes = dockerflow::routes(self.replicas.clone(), self.version.clone())
+            .or(routes::routes(self.store.clone(), self.caching.clone()))
             .recover(errors::recover);
         tracing::info!(
             type = "gateway.start",

@@ -1,11 +1,121 @@
 //! The one place where failures become HTTP answers, in the contract's shape
 //! `{"code", "error", "message"}`; internal causes never reach clients.
+//!
+//! [`ApiError`] decides, in adjacent exhaustive matches, the status, the
+//! public message and whether a failure is logged at error. Filters reject
+//! with it (a typed rejection), handlers return it, and [`recover`] turns
+//! warp's own rejections into it.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 
 use serde::Serialize;
+use thiserror::Error;
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
+
+use crate::store::StoreError;
+
+/// Everything a request can fail with.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// An input is not what the contract allows; the message names it.
+    #[error("{field}: {problem}")]
+    InvalidField {
+        /// The input at fault: `addon_id`, `limit`, `items[3].sha256` …
+        field: Cow<'static, str>,
+        /// What is wrong with it, for a person.
+        problem: Cow<'static, str>,
+    },
+    /// Nothing there: no route, no record, no receipt; says which.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The route exists, not with this method.
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    /// The body is over the route's limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// Every replica failed or timed out.
+    #[error("no database replica answered")]
+    Unavailable,
+    /// A bug or corrupt data; the cause is logged, never answered.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    /// An invalid input named `field`.
+    pub fn invalid(
+        field: impl Into<Cow<'static, str>>,
+        problem: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told.
+    pub fn public_message(&self) -> Cow<'_, str> {
+        match self {
+            Self::InvalidField { .. }
+            | Self::NotFound(_)
+            | Self::MethodNotAllowed
+            | Self::PayloadTooLarge
+            | Self::Unavailable => self.to_string().into(),
+            Self::Internal(_) => "internal error".into(),
+        }
+    }
+
+    /// Whether an operator must hear of it: the service failed, not the client.
+    pub fn logs_at_error(&self) -> bool {
+        match self {
+            Self::InvalidField { .. }
+            | Self::NotFound(_)
+            | Self::MethodNotAllowed
+            | Self::PayloadTooLarge => false,
+            Self::Unavailable | Self::Internal(_) => true,
+        }
+    }
+
+    /// The JSON error answer (logging the cause when it must).
+    pub fn response(&self) -> warp::reply::Response {
+        if self.logs_at_error() {
+            tracing::error!(type = "request.error", code = self.status().as_u16(), error = %self, "request failed");
+        }
+        reply(self.status(), &self.public_message())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable => Self::Unavailable,
+            StoreError::CorruptRow(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> warp::reply::Response {
+        self.response()
+    }
+}
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -21,40 +131,53 @@ pub fn reply(status: StatusCode, message: &str) -> warp::reply::Response {
         error: status.canonical_reason().unwrap_or("Error"),
         message,
     };
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+    // Strings only: serialising can't fail.
+    crate::routes::json_bytes(status, serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// Turns warp's own rejections (no route, wrong method …) into the contract's
-/// error shape.
+/// Turns rejections into the contract's error shape. An [`ApiError`] wins:
+/// it comes from a route whose path and method matched, while the other
+/// routes only said "not me".
 pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
-    let (status, message) = if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "no such resource")
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this resource",
-        )
+    if let Some(e) = rejection.find::<ApiError>() {
+        return Ok(e.response());
+    }
+    let error = if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-    } else if rejection
-        .find::<warp::reject::UnsupportedMediaType>()
-        .is_some()
-    {
-        (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "body must be application/json",
-        )
-    } else if rejection
-        .find::<warp::filters::body::BodyDeserializeError>()
-        .is_some()
-    {
-        (
-            StatusCode::BAD_REQUEST,
-            "body is not valid JSON of the expected shape",
-        )
+        ApiError::PayloadTooLarge
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::invalid("query", "must be a URL-encoded query string")
+    } else if let Some(header) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::invalid(header.name().to_string(), "invalid header value")
+    } else if rejection.is_not_found() {
+        ApiError::NotFound("no such resource")
     } else {
-        tracing::error!(type = "request.error", rejection = ?rejection, "unhandled rejection");
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
     };
-    Ok(reply(status, message))
+    Ok(error.response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_causes_stay_inside() {
+        let e = ApiError::Internal("SELECT … FROM records on 10.0.0.7: boom".into());
+        assert_eq!(e.status(), 500);
+        assert_eq!(e.public_message(), "internal error");
+        assert!(e.logs_at_error());
+        let e = ApiError::from(StoreError::Unavailable);
+        assert_eq!(e.status(), 503);
+        assert_eq!(e.public_message(), "no database replica answered");
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let e = ApiError::invalid("items[3].sha256", "must be 64 hex digits");
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.public_message(), "items[3].sha256: must be 64 hex digits");
+        assert!(!e.logs_at_error());
+    }
 }

@@ -4,14 +4,22 @@
 //! - `settings`: flags and `ADDONREG_*` variables.
 //! - `app`: builds the gateway from its settings and runs it until stopped.
 //! - `replicas`: one pool per read replica and their health.
+//! - `store`: the reads (`Reads`) and their SQL over the replicas, with
+//!   round-robin and failover between them; rows decoded into domain types.
+//! - `routes`: the read API's filters and handlers; inputs parsed at the edge.
+//! - `http_caching`: `ETag`, `Last-Modified`, `Cache-Control` and 304s of
+//!   single-record answers.
 //! - `dockerflow`: `/__lbheartbeat__`, `/__heartbeat__`, `/__version__`.
 //! - `errors`: the one mapping of failures to HTTP answers.
 
 pub mod app;
 pub mod dockerflow;
 pub mod errors;
+pub mod http_caching;
 pub mod replicas;
+pub mod routes;
 pub mod settings;
+pub mod store;
 
 pub use app::App;
 pub use settings::Settings;

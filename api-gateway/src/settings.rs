@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use shared::settings::{AmqpSettings, LogSettings, OptionalListen, PoolSettings, Secret};
@@ -45,6 +46,22 @@ pub struct Settings {
     #[command(flatten)]
     pub pool: PoolSettings,
 
+    /// Longest one replica may take to answer a read, connecting included, in
+    /// ms, before the same request tries the next replica.
+    /// [env: ADDONREG_READ_TIMEOUT_MS]
+    // Client-side: a stopped replica keeps its TCP connections open without
+    // answering, so the server-side statement timeout can't fire.
+    #[arg(long, env = "ADDONREG_READ_TIMEOUT_MS", default_value_t = 3_000)]
+    pub read_timeout_ms: u64,
+
+    /// `max-age` of a found record's answer, in seconds. [env: ADDONREG_CACHE_TTL_FOUND_SECS]
+    #[arg(long, env = "ADDONREG_CACHE_TTL_FOUND_SECS", default_value_t = 60)]
+    pub cache_ttl_found_secs: u32,
+
+    /// `max-age` of a missing record's 404, in seconds. [env: ADDONREG_CACHE_TTL_MISSING_SECS]
+    #[arg(long, env = "ADDONREG_CACHE_TTL_MISSING_SECS", default_value_t = 5)]
+    pub cache_ttl_missing_secs: u32,
+
     #[command(flatten)]
     pub amqp: AmqpSettings,
 
@@ -69,6 +86,11 @@ impl Settings {
             self.replica_urls.clone()
         }
     }
+
+    /// How long one replica may take to answer a read.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +104,8 @@ mod tests {
         assert_eq!(s.metrics_listen.0.unwrap().to_string(), "127.0.0.1:9101");
         assert_eq!(s.amqp.prefix.as_str(), "addonreg");
         assert_eq!(s.read_urls().len(), 1);
+        assert_eq!(s.read_timeout(), Duration::from_secs(3));
+        assert_eq!((s.cache_ttl_found_secs, s.cache_ttl_missing_secs), (60, 5));
         let s = Settings::try_parse_from([
             "api-gateway",
             "--replica-urls",

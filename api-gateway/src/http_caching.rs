@@ -1,0 +1,233 @@
+//! HTTP caching of single-record answers: their validators (`ETag`,
+//! `Last-Modified`), their `Cache-Control`, and conditional GET/HEAD
+//! (`If-None-Match`, `If-Modified-Since`) as RFC 9110 §13 evaluates them.
+
+use std::fmt::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use headers::{HeaderMapExt, IfModifiedSince, LastModified};
+use sha2::{Digest, Sha256};
+use warp::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
+use warp::http::{HeaderMap, HeaderValue};
+
+use shared::domain::Timestamp;
+
+/// The `Cache-Control` of found and missing records: how long a CDN or a
+/// browser may keep the answer.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    found: HeaderValue,
+    missing: HeaderValue,
+}
+
+impl CachePolicy {
+    /// `public, max-age=…` for 200s (and their 304s) and for 404s.
+    pub fn new(found_secs: u32, missing_secs: u32) -> Self {
+        Self {
+            found: public_max_age(found_secs),
+            missing: public_max_age(missing_secs),
+        }
+    }
+
+    /// Sets the `Cache-Control` of a found record.
+    pub fn mark_found(&self, headers: &mut HeaderMap) {
+        headers.insert(CACHE_CONTROL, self.found.clone());
+    }
+
+    /// Sets the `Cache-Control` of a missing record.
+    pub fn mark_missing(&self, headers: &mut HeaderMap) {
+        headers.insert(CACHE_CONTROL, self.missing.clone());
+    }
+}
+
+fn public_max_age(secs: u32) -> HeaderValue {
+    // ASCII letters and digits: always a valid header value.
+    HeaderValue::from_str(&format!("public, max-age={secs}"))
+        .unwrap_or(HeaderValue::from_static("no-cache"))
+}
+
+/// What identifies one version of a record's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validators {
+    /// The opaque part of the strong `ETag` (without quotes).
+    etag: String,
+    /// `updated_at`, truncated to the second (HTTP dates have no fraction).
+    last_modified: SystemTime,
+}
+
+impl Validators {
+    /// Characters of the digest's hex kept in the `ETag`: 128 bits, plenty
+    /// to tell versions of one record apart, short on the wire.
+    const ETAG_HEX_LEN: usize = 32;
+
+    /// The validators of a record's answer `body`. The `ETag` digests the
+    /// whole body, so any change of the record changes it, also two within
+    /// one second (the body's times have microseconds).
+    pub fn of(body: &[u8], updated_at: Timestamp) -> Self {
+        let digest = Sha256::digest(body);
+        let mut etag = String::with_capacity(Self::ETAG_HEX_LEN);
+        for byte in &digest[..Self::ETAG_HEX_LEN / 2] {
+            let _ = write!(etag, "{byte:02x}");
+        }
+        let seconds = u64::try_from(updated_at.unix_seconds()).unwrap_or(0);
+        Self {
+            etag,
+            last_modified: UNIX_EPOCH + Duration::from_secs(seconds),
+        }
+    }
+
+    /// Sets `ETag` and `Last-Modified`.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        // Hex digits and quotes only: always a valid header value.
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", self.etag)) {
+            headers.insert(ETAG, etag);
+        }
+        headers.typed_insert(LastModified::from(self.last_modified));
+    }
+}
+
+/// The preconditions of a GET or HEAD.
+#[derive(Debug, Clone, Default)]
+pub struct Preconditions {
+    /// Every `If-None-Match` line (an entity-tag list, or `*`).
+    if_none_match: Vec<HeaderValue>,
+    /// `If-Modified-Since`, when it is one valid HTTP date.
+    if_modified_since: Option<IfModifiedSince>,
+}
+
+impl Preconditions {
+    /// Reads the preconditions from request headers; an unreadable
+    /// `If-Modified-Since` is ignored, as RFC 9110 says.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self {
+            if_none_match: headers.get_all(IF_NONE_MATCH).iter().cloned().collect(),
+            if_modified_since: headers.typed_get(),
+        }
+    }
+
+    /// Whether the client's copy is current, so the answer is a 304. When
+    /// `If-None-Match` is present it alone decides (RFC 9110 §13.2.2).
+    pub fn not_modified(&self, current: &Validators) -> bool {
+        if !self.if_none_match.is_empty() {
+            return self
+                .if_none_match
+                .iter()
+                .any(|line| etag_list_matches(line.as_bytes(), &current.etag));
+        }
+        self.if_modified_since
+            .as_ref()
+            .is_some_and(|since| !since.is_modified(current.last_modified))
+    }
+}
+
+/// Whether an `If-None-Match` line (`*`, or entity tags separated by
+/// commas) names `opaque`, with the weak comparison (`W/"x"` matches `"x"`).
+/// Parsing stops at the first malformed tag.
+fn etag_list_matches(mut line: &[u8], opaque: &str) -> bool {
+    loop {
+        while let [b' ' | b'\t' | b',', rest @ ..] = line {
+            line = rest;
+        }
+        if line.is_empty() {
+            return false;
+        }
+        if line[0] == b'*' {
+            return true;
+        }
+        let tag = line.strip_prefix(b"W/").unwrap_or(line);
+        let Some(tag) = tag.strip_prefix(b"\"") else {
+            return false;
+        };
+        let Some(end) = tag.iter().position(|&c| c == b'"') else {
+            return false;
+        };
+        if &tag[..end] == opaque.as_bytes() {
+            return true;
+        }
+        line = &tag[end + 1..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        Timestamp::parse(s).unwrap()
+    }
+
+    fn preconditions(pairs: &[(&'static str, &'static str)]) -> Preconditions {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        Preconditions::from_headers(&headers)
+    }
+
+    #[test]
+    fn validators_follow_every_byte_and_the_second() {
+        let t = at("2026-11-22T10:00:00.000001Z");
+        let a = Validators::of(br#"{"updated_at":"2026-11-22T10:00:00.000001Z"}"#, t);
+        let b = Validators::of(br#"{"updated_at":"2026-11-22T10:00:00.000002Z"}"#, t);
+        assert_ne!(a.etag, b.etag);
+        assert_eq!(a.etag.len(), 32);
+        assert!(
+            a.etag
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        let mut headers = HeaderMap::new();
+        a.write(&mut headers);
+        assert_eq!(headers[ETAG], format!("\"{}\"", a.etag).as_str());
+        assert_eq!(headers["last-modified"], "Sun, 22 Nov 2026 10:00:00 GMT");
+    }
+
+    #[test]
+    fn if_none_match_lists() {
+        let v = Validators::of(b"x", at("2026-11-22T10:00:00Z"));
+        let quoted = format!("\"{}\"", v.etag);
+        let matching = [
+            quoted.clone(),
+            format!("W/{quoted}"),
+            format!("\"other\", {quoted}"),
+            format!("\"a,b\" ,\t{quoted}"),
+            "*".to_string(),
+        ];
+        for line in &matching {
+            assert!(etag_list_matches(line.as_bytes(), &v.etag), "{line}");
+        }
+        for line in ["\"other\"", "", "garbage", &v.etag, "\"unterminated"] {
+            assert!(!etag_list_matches(line.as_bytes(), &v.etag), "{line}");
+        }
+    }
+
+    #[test]
+    fn if_modified_since_to_the_second_unless_if_none_match() {
+        let v = Validators::of(b"x", at("2026-11-22T10:00:00.900000Z"));
+        let same_second = preconditions(&[("if-modified-since", "Sun, 22 Nov 2026 10:00:00 GMT")]);
+        assert!(same_second.not_modified(&v));
+        let obsolete_format =
+            preconditions(&[("if-modified-since", "Sunday, 22-Nov-26 10:00:00 GMT")]);
+        assert!(obsolete_format.not_modified(&v));
+        let earlier = preconditions(&[("if-modified-since", "Sun, 22 Nov 2026 09:59:59 GMT")]);
+        assert!(!earlier.not_modified(&v));
+        let unreadable = preconditions(&[("if-modified-since", "yesterday")]);
+        assert!(!unreadable.not_modified(&v));
+        let overridden = preconditions(&[
+            ("if-none-match", "\"stale\""),
+            ("if-modified-since", "Sun, 22 Nov 2026 10:00:00 GMT"),
+        ]);
+        assert!(!overridden.not_modified(&v));
+        assert!(!preconditions(&[]).not_modified(&v));
+    }
+
+    #[test]
+    fn cache_control_values() {
+        let policy = CachePolicy::new(60, 5);
+        let mut headers = HeaderMap::new();
+        policy.mark_found(&mut headers);
+        assert_eq!(headers[CACHE_CONTROL], "public, max-age=60");
+        policy.mark_missing(&mut headers);
+        assert_eq!(headers[CACHE_CONTROL], "public, max-age=5");
+    }
+}

@@ -1,0 +1,454 @@
+//! Reads from the replicas: records, lookups, listings and receipts, decoded
+//! into domain types.
+//!
+//! [`Reads`] is what handlers call; [`ReadStore`] implements it over the
+//! replicas, so a cache can later implement it in front of the store without
+//! handlers changing. Each read starts at the next replica in round-robin
+//! order and, when one fails or takes longer than the read timeout, tries the
+//! following one within the same request: a read fails only when every
+//! replica did. A replica that just failed is tried last for a few seconds,
+//! so that one replica down doesn't make every other read wait for it; then
+//! one read probes it again. Rows that don't parse are an internal error,
+//! not a failover.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use thiserror::Error;
+
+use shared::domain::{AddonId, Sha256, Timestamp, Version, WriteId};
+use shared::receipt::{Receipt, ReceiptStatus};
+use shared::record::{Record, Status};
+
+use crate::replicas::Replica;
+
+/// Why a read failed. Carries no HTTP status: the edge decides.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Every replica failed or timed out.
+    #[error("no replica answered")]
+    Unavailable,
+    /// A row does not parse into the domain types.
+    #[error("unreadable row: {0}")]
+    CorruptRow(String),
+}
+
+/// The reads the gateway serves. Implemented by [`ReadStore`], and later by a
+/// cache in front of it.
+pub trait Reads: Clone + Send + Sync + 'static {
+    /// The record of one pair, or `None` (never seen, or deleted).
+    fn record(
+        &self,
+        addon_id: &AddonId,
+        sha256: &Sha256,
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send;
+
+    /// The record of each pair, in the same order (`None` where there is none).
+    fn lookup(
+        &self,
+        keys: &[(AddonId, Sha256)],
+    ) -> impl Future<Output = Result<Vec<Option<Record>>, StoreError>> + Send;
+
+    /// Up to `limit + 1` records of `addon_id` with a digest greater than
+    /// `after`, ordered by digest: the extra one only says that a next page exists.
+    fn list(
+        &self,
+        addon_id: &AddonId,
+        after: Option<Sha256>,
+        limit: u16,
+    ) -> impl Future<Output = Result<Vec<Record>, StoreError>> + Send;
+
+    /// A write's receipt, or `None` while it has not been processed.
+    fn receipt(
+        &self,
+        write_id: &WriteId,
+    ) -> impl Future<Output = Result<Option<Receipt>, StoreError>> + Send;
+}
+
+/// Reads from the replicas, with failover between them.
+#[derive(Debug, Clone)]
+pub struct ReadStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    replicas: Arc<Vec<Replica>>,
+    /// Where the next read starts, so reads spread over the replicas.
+    next: AtomicUsize,
+    /// Longest one replica may take for one read, connecting included.
+    attempt_timeout: Duration,
+    /// Per replica: when it last failed, in ms after `epoch` (at least 1);
+    /// 0 once it answered again.
+    failed_at: Vec<AtomicU64>,
+    epoch: Instant,
+}
+
+/// How long a replica that failed is tried only after the others. A dead
+/// replica costs a read the whole acquire timeout (sqlx retries connecting
+/// until then), so only one read per this period pays it, as a probe.
+const TRIED_LAST_FOR: Duration = Duration::from_secs(5);
+
+// Static SQL. `status <> 'deleted'` everywhere: a tombstone is no record.
+const RECORD: &str = "\
+    SELECT addon_id, sha256, status, version, registered_at, updated_at \
+    FROM records \
+    WHERE addon_id = $1 AND sha256 = $2 AND status <> 'deleted'";
+
+const LOOKUP: &str = "\
+    SELECT k.i, r.addon_id, r.sha256, r.status, r.version, r.registered_at, r.updated_at \
+    FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS k(addon_id, sha256, i) \
+    JOIN records r ON r.addon_id = k.addon_id AND r.sha256 = k.sha256 \
+    WHERE r.status <> 'deleted'";
+
+// Keyset pagination on the primary key. Without a cursor `$2` is the empty
+// bytea, which sorts before every digest: one statement, and `sha256 > $2`
+// stays an index condition even in a generic plan.
+const LIST: &str = "\
+    SELECT addon_id, sha256, status, version, registered_at, updated_at \
+    FROM records \
+    WHERE addon_id = $1 AND sha256 > $2 AND status <> 'deleted' \
+    ORDER BY sha256 \
+    LIMIT $3";
+
+const RECEIPT: &str = "\
+    SELECT write_id, status, reason, processed_at \
+    FROM receipts \
+    WHERE write_id = $1";
+
+impl ReadStore {
+    /// A store over `replicas` (at least one), giving each `attempt_timeout`.
+    pub fn new(replicas: Arc<Vec<Replica>>, attempt_timeout: Duration) -> Self {
+        let failed_at = replicas.iter().map(|_| AtomicU64::new(0)).collect();
+        Self {
+            inner: Arc::new(Inner {
+                replicas,
+                next: AtomicUsize::new(0),
+                attempt_timeout,
+                failed_at,
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // At least 1: 0 means "answering".
+        u64::try_from(self.inner.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// The order in which this read tries the replicas: from the round-robin
+    /// index, those answering (or due for a probe, which this read then
+    /// claims) first, those that failed lately last.
+    fn attempt_order(&self) -> Vec<usize> {
+        let n = self.inner.replicas.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let window = u64::try_from(TRIED_LAST_FOR.as_millis()).unwrap_or(u64::MAX);
+        let (mut first, mut last) = (Vec::with_capacity(n), Vec::new());
+        for i in (0..n).map(|offset| (start + offset) % n) {
+            let failed_at = &self.inner.failed_at[i];
+            let at = failed_at.load(Ordering::Relaxed);
+            let usable = at == 0
+                || (now.saturating_sub(at) >= window
+                    && failed_at
+                        .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok());
+            if usable {
+                first.push(i);
+            } else {
+                last.push(i);
+            }
+        }
+        first.extend(last);
+        first
+    }
+
+    /// Runs `query` on one replica after another, in [`Self::attempt_order`],
+    /// until one answers in time.
+    async fn on_a_replica<T, F, Fut>(&self, what: &'static str, query: F) -> Result<T, StoreError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        for i in self.attempt_order() {
+            let replica = &self.inner.replicas[i];
+            let attempt =
+                tokio::time::timeout(self.inner.attempt_timeout, query(replica.pool.clone()));
+            let outcome = attempt.await;
+            let failed_at = match &outcome {
+                Ok(Err(e)) if !is_about_the_rows(e) => self.now_ms(),
+                Err(_) => self.now_ms(),
+                Ok(_) => 0,
+            };
+            self.inner.failed_at[i].store(failed_at, Ordering::Relaxed);
+            match outcome {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if is_about_the_rows(&e) => {
+                    return Err(StoreError::CorruptRow(format!("{what}: {e}")));
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    type = "store.failover",
+                    replica = %replica.name,
+                    query = what,
+                    error = %e,
+                    "replica read failed"
+                ),
+                Err(_) => tracing::warn!(
+                    type = "store.failover",
+                    replica = %replica.name,
+                    query = what,
+                    timeout_ms = self.inner.attempt_timeout.as_millis() as u64,
+                    "replica read timed out"
+                ),
+            }
+        }
+        Err(StoreError::Unavailable)
+    }
+}
+
+/// Errors about what came back rather than about the replica: every replica
+/// would answer the same, so trying the next one is pointless.
+fn is_about_the_rows(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::TypeNotFound { .. }
+    )
+}
+
+impl Reads for ReadStore {
+    async fn record(
+        &self,
+        addon_id: &AddonId,
+        sha256: &Sha256,
+    ) -> Result<Option<Record>, StoreError> {
+        let row = self
+            .on_a_replica("record", move |pool| async move {
+                sqlx::query_as::<_, RecordRow>(RECORD)
+                    .bind(addon_id.as_str())
+                    .bind(sha256.as_bytes().as_slice())
+                    .fetch_optional(&pool)
+                    .await
+            })
+            .await?;
+        row.map(RecordRow::into_record).transpose()
+    }
+
+    async fn lookup(&self, keys: &[(AddonId, Sha256)]) -> Result<Vec<Option<Record>>, StoreError> {
+        let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+        let hashes: Vec<&[u8]> = keys.iter().map(|(_, h)| h.as_bytes().as_slice()).collect();
+        let (ids, hashes) = (&ids, &hashes);
+        let rows = self
+            .on_a_replica("lookup", move |pool| async move {
+                sqlx::query_as::<_, LookupRow>(LOOKUP)
+                    .bind(ids)
+                    .bind(hashes)
+                    .fetch_all(&pool)
+                    .await
+            })
+            .await?;
+        let mut results = vec![None; keys.len()];
+        for row in rows {
+            // WITH ORDINALITY counts from 1.
+            let slot = usize::try_from(row.i - 1)
+                .ok()
+                .and_then(|i| results.get_mut(i))
+                .ok_or_else(|| StoreError::CorruptRow(format!("lookup ordinal {}", row.i)))?;
+            *slot = Some(row.record.into_record()?);
+        }
+        Ok(results)
+    }
+
+    async fn list(
+        &self,
+        addon_id: &AddonId,
+        after: Option<Sha256>,
+        limit: u16,
+    ) -> Result<Vec<Record>, StoreError> {
+        let after: &[u8] = match &after {
+            Some(sha256) => sha256.as_bytes(),
+            None => &[],
+        };
+        let rows = self
+            .on_a_replica("list", move |pool| async move {
+                sqlx::query_as::<_, RecordRow>(LIST)
+                    .bind(addon_id.as_str())
+                    .bind(after)
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&pool)
+                    .await
+            })
+            .await?;
+        rows.into_iter().map(RecordRow::into_record).collect()
+    }
+
+    async fn receipt(&self, write_id: &WriteId) -> Result<Option<Receipt>, StoreError> {
+        let row = self
+            .on_a_replica("receipt", move |pool| async move {
+                sqlx::query_as::<_, ReceiptRow>(RECEIPT)
+                    .bind(write_id.as_str())
+                    .fetch_optional(&pool)
+                    .await
+            })
+            .await?;
+        row.map(ReceiptRow::into_receipt).transpose()
+    }
+}
+
+/// A live record's columns as stored.
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    addon_id: String,
+    sha256: Vec<u8>,
+    status: String,
+    version: Option<String>,
+    registered_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+impl RecordRow {
+    fn into_record(self) -> Result<Record, StoreError> {
+        let corrupt = |what: &str| {
+            StoreError::CorruptRow(format!("record {:?}: invalid {what}", self.addon_id))
+        };
+        let addon_id = AddonId::parse(&self.addon_id).map_err(|_| corrupt("addon_id"))?;
+        let sha256 = <[u8; 32]>::try_from(self.sha256.as_slice())
+            .map(Sha256::from_bytes)
+            .map_err(|_| corrupt("sha256"))?;
+        let status = Status::parse(&self.status).ok_or_else(|| corrupt("status"))?;
+        let version = self
+            .version
+            .as_deref()
+            .map(Version::parse)
+            .transpose()
+            .map_err(|_| corrupt("version"))?;
+        Ok(Record {
+            addon_id,
+            sha256,
+            status,
+            version,
+            registered_at: self.registered_at.map(Timestamp::from_utc),
+            updated_at: Timestamp::from_utc(self.updated_at),
+        })
+    }
+}
+
+/// A lookup's row: the item's position and its record.
+#[derive(sqlx::FromRow)]
+struct LookupRow {
+    i: i64,
+    #[sqlx(flatten)]
+    record: RecordRow,
+}
+
+/// A receipt's columns as stored.
+#[derive(sqlx::FromRow)]
+struct ReceiptRow {
+    write_id: String,
+    status: String,
+    reason: Option<String>,
+    processed_at: DateTime<Utc>,
+}
+
+impl ReceiptRow {
+    fn into_receipt(self) -> Result<Receipt, StoreError> {
+        let corrupt = |what: &str| {
+            StoreError::CorruptRow(format!("receipt {:?}: invalid {what}", self.write_id))
+        };
+        Ok(Receipt {
+            write_id: WriteId::parse(&self.write_id).map_err(|_| corrupt("write_id"))?,
+            status: ReceiptStatus::parse(&self.status).ok_or_else(|| corrupt("status"))?,
+            reason: self.reason,
+            processed_at: Timestamp::from_utc(self.processed_at),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: &str, sha256: Vec<u8>) -> RecordRow {
+        RecordRow {
+            addon_id: "a@b".into(),
+            sha256,
+            status: status.into(),
+            version: Some("1.0".into()),
+            registered_at: None,
+            updated_at: DateTime::from_timestamp_micros(1_795_000_000_123_456).unwrap(),
+        }
+    }
+
+    #[test]
+    fn rows_decode_into_records_or_say_what_is_wrong() {
+        let record = row("revoked", vec![0xab; 32]).into_record().unwrap();
+        assert_eq!(record.status, Status::Revoked);
+        assert_eq!(record.sha256.to_string(), "ab".repeat(32));
+        assert_eq!(record.updated_at.unix_micros(), 1_795_000_000_123_456);
+        for bad in [row("deleted", vec![0; 32]), row("registered", vec![0; 31])] {
+            assert!(matches!(bad.into_record(), Err(StoreError::CorruptRow(_))));
+        }
+    }
+
+    fn lazy(name: &str, url: &str) -> Replica {
+        Replica {
+            name: name.into(),
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .acquire_timeout(Duration::from_millis(200))
+                .connect_lazy(url)
+                .unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn replicas_that_failed_lately_are_tried_last() {
+        let replicas: Vec<_> = (1..=3)
+            .map(|i| lazy(&format!("replica-{i}"), "postgres://x@127.0.0.1:1/x"))
+            .collect();
+        let store = ReadStore {
+            inner: Arc::new(Inner {
+                failed_at: replicas.iter().map(|_| AtomicU64::new(0)).collect(),
+                replicas: Arc::new(replicas),
+                next: AtomicUsize::new(0),
+                attempt_timeout: Duration::from_secs(1),
+                // Far enough back that "the window has passed" can be set up.
+                epoch: Instant::now().checked_sub(Duration::from_secs(60)).unwrap(),
+            }),
+        };
+        assert_eq!(store.attempt_order(), [0, 1, 2]);
+        assert_eq!(store.attempt_order(), [1, 2, 0], "round-robin");
+        store.inner.failed_at[0].store(store.now_ms(), Ordering::Relaxed);
+        assert_eq!(store.attempt_order(), [2, 1, 0], "tried last");
+        assert_eq!(store.attempt_order(), [1, 2, 0]);
+        assert_eq!(store.attempt_order(), [1, 2, 0]);
+        // Once the window has passed, one read probes it in its turn…
+        let long_ago = store.now_ms() - TRIED_LAST_FOR.as_millis() as u64 - 1;
+        store.inner.failed_at[0].store(long_ago, Ordering::Relaxed);
+        assert_eq!(store.attempt_order(), [2, 0, 1]);
+        // …and the others keep trying it last meanwhile.
+        assert_eq!(store.attempt_order(), [1, 2, 0]);
+    }
+
+    #[tokio::test]
+    async fn every_replica_failing_is_unavailable() {
+        let dead = |name: &str| lazy(name, "postgres://nobody@127.0.0.1:1/x");
+        let store = ReadStore::new(
+            Arc::new(vec![dead("replica-1"), dead("replica-2")]),
+            Duration::from_secs(1),
+        );
+        let id = WriteId::parse("w1").unwrap();
+        assert!(matches!(
+            store.receipt(&id).await,
+            Err(StoreError::Unavailable)
+        ));
+    }
+}
