@@ -247,3 +247,52 @@ async fn a_cut_broker_connection_is_rebuilt_and_nothing_is_lost() {
     assert!(reconnects >= 1.0, "{reconnects}");
     assert_eq!(dead_letters(&broker).await, 0);
 }
+
+#[tokio::test]
+async fn sigterm_while_busy_commits_the_batch_in_hand_and_exits_cleanly() {
+    let (db, broker) = (TestDb::new().await, TestBroker::new());
+    let amo = Amo::connect(&broker).await;
+    let ids: Vec<String> = (0..30).map(|i| format!("bulk-{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        amo.publish(&bulk(id, i as u32, i as u32 * 1_000, 1_000))
+            .await;
+    }
+    let args = ["--batch-max-messages", "2", "--prefetch", "4"];
+    let mut worker = start_worker(&db, &broker, free_port(), &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM receipts")
+        .fetch_one(&db.owner)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = worker.terminate();
+    assert!(status.success(), "SIGTERM mid-stream exits 0: {status:?}");
+    // Everything it took is committed and acknowledged: the rest is still
+    // queued, untouched, for the next worker.
+    // The broker returns the unacknowledged rest asynchronously: poll briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM receipts")
+            .fetch_one(&db.owner)
+            .await
+            .unwrap();
+        let queued = queue_depth(&broker, &broker.topology().writes_queue).await;
+        if done + i64::from(queued) == ids.len() as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed {done} + queued {queued} != published {}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _next = start_worker(&db, &broker, free_port(), &args);
+    let receipts = wait_for_receipts(&db, &ids, Duration::from_secs(60)).await;
+    assert!(receipts.values().all(|(s, _)| s == "applied"));
+    assert_eq!(duplicated_ops(&db).await, 0);
+}
