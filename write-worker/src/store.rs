@@ -151,10 +151,14 @@ pub async fn commit(
                 _ => &by_pair[pair],
             };
             newest.insert(pair, newest_writes(ops, head.map(|h| &h.last)));
+            // Grouping gives every pair at least one op.
+            let Some(last) = ops.iter().map(|o| &o.key).max().cloned() else {
+                continue;
+            };
             let row = match (head, histories.remove(pair)) {
-                (None, _) => fold_new(pair, ops),
-                (Some(_), Some(stored)) => refold(pair, ops, stored),
-                (Some(head), None) => fold_onto(pair, ops, head),
+                (None, _) => fold_new(pair, ops, last),
+                (Some(_), Some(stored)) => refold(pair, ops, stored, last),
+                (Some(head), None) => fold_onto(pair, ops, head, last),
             };
             if head.is_some() {
                 updates.push(row)
@@ -257,21 +261,12 @@ fn newest_writes(ops: &[NewOp<'_>], stored_last: Option<&OpKey>) -> Vec<usize> {
     writes
 }
 
-fn last_key(ops: &[NewOp<'_>]) -> OpKey {
-    // Every pair in the batch has at least one op.
-    ops.iter()
-        .map(|o| &o.key)
-        .max()
-        .cloned()
-        .expect("a pair has ops")
-}
-
 /// A pair seen for the first time.
-fn fold_new<'a>(pair: &'a Pair, ops: &[NewOp<'_>]) -> Row<'a> {
+fn fold_new<'a>(pair: &'a Pair, ops: &[NewOp<'_>], last: OpKey) -> Row<'a> {
     Row {
         pair,
         state: record::fold(ops.iter().map(|o| (&o.key, o.action))),
-        last: last_key(ops),
+        last,
         ops: history::encode(ops.iter().map(|o| (&o.key, o.action))),
         replace_ops: true,
     }
@@ -279,7 +274,7 @@ fn fold_new<'a>(pair: &'a Pair, ops: &[NewOp<'_>]) -> Row<'a> {
 
 /// The fast path: every new op is newer than the stored ones, so they fold
 /// onto the stored state and are appended.
-fn fold_onto<'a>(pair: &'a Pair, ops: &[NewOp<'_>], head: &Head) -> Row<'a> {
+fn fold_onto<'a>(pair: &'a Pair, ops: &[NewOp<'_>], head: &Head, last: OpKey) -> Row<'a> {
     let mut sorted: Vec<&NewOp<'_>> = ops.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
     let state = sorted.iter().fold(head.state.clone(), |s, o| {
@@ -288,23 +283,24 @@ fn fold_onto<'a>(pair: &'a Pair, ops: &[NewOp<'_>], head: &Head) -> Row<'a> {
     Row {
         pair,
         state,
-        last: last_key(ops),
+        last,
         ops: history::encode(ops.iter().map(|o| (&o.key, o.action))),
         replace_ops: false,
     }
 }
 
 /// A late op: the pair is folded again from all its ops.
-fn refold<'a>(pair: &'a Pair, ops: &[NewOp<'_>], stored: Vec<(OpKey, Action)>) -> Row<'a> {
+fn refold<'a>(
+    pair: &'a Pair,
+    ops: &[NewOp<'_>],
+    stored: Vec<(OpKey, Action)>,
+    newest_new: OpKey,
+) -> Row<'a> {
     let mut all: BTreeMap<&OpKey, &Action> = stored.iter().map(|(k, a)| (k, a)).collect();
     for op in ops {
         all.entry(&op.key).or_insert(op.action);
     }
-    let last = all
-        .keys()
-        .next_back()
-        .map(|k| (*k).clone())
-        .unwrap_or_else(|| last_key(ops));
+    let last = all.keys().next_back().map_or(newest_new, |k| (*k).clone());
     Row {
         pair,
         state: record::fold(all.iter().map(|(k, a)| (*k, *a))),
