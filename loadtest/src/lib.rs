@@ -7,13 +7,16 @@
 //!   quorum-queue publish and consume; a set-based upsert through sqlx).
 //! - `writes`: the write-path benchmark: a backlog of AMO-shaped writes
 //!   drained by N workers, timed until every receipt exists.
-//! - `report`: the summary table.
+//! - `reads`: the read benchmark: the gateway beside a bare warp handler
+//!   (wrk) and pgbench's select-by-primary-key.
+//! - `report`: the summary tables.
 //!
 //! Every run targets loopback only, is bounded in messages and time, and
 //! cleans up what it created.
 
 pub mod baseline;
 pub mod env;
+pub mod reads;
 pub mod report;
 pub mod writes;
 

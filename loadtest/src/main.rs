@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use loadtest::env::Target;
 use loadtest::writes::{self, Scenario};
-use loadtest::{baseline, report};
+use loadtest::{baseline, reads, report};
 
 /// addonreg's load generator and benchmarks. Targets loopback only; every run
 /// is bounded and cleans up after itself.
@@ -22,6 +22,45 @@ enum Command {
     /// Write throughput: backlogs of single-op and bulk writes drained by 1
     /// and 2 workers, beside raw RabbitMQ and Postgres baselines.
     WriteBench(WriteBench),
+    /// Read throughput and latency: the gateway (one hot key; random keys)
+    /// beside a bare warp handler and pgbench, all in the same run.
+    ReadBench(ReadBenchArgs),
+    /// The baseline server: answers one fixed record to every GET.
+    BareWarp {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ReadBenchArgs {
+    /// Superuser URL of the Postgres that holds the scratch database.
+    #[arg(
+        long,
+        env = "ADDONREG_TEST_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    admin_url: String,
+    /// The broker (the gateway subscribes to invalidations).
+    #[arg(
+        long,
+        env = "ADDONREG_TEST_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Where the release binaries are (`cargo build --release`).
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Records seeded.
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,40 +101,63 @@ struct WriteBench {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::WriteBench(args) = Cli::parse().command;
-    let target = Target {
-        admin_url: args.admin_url,
-        amqp_url: args.amqp_url,
-        bin_dir: args.bin_dir,
-    };
-    let limit = Duration::from_secs(args.limit_secs);
-    let run = async {
-        let queue = baseline::quorum_queue(&target, args.single_messages).await?;
-        let upsert =
-            baseline::upsert_rows_per_sec(&target, args.bulk_messages * args.bulk_ops).await?;
-        let mut runs = Vec::new();
-        for (ops_per_message, messages) in [
-            (1, args.single_messages),
-            (args.bulk_ops, args.bulk_messages),
-        ] {
-            for &workers in &args.workers {
-                let scenario = Scenario {
-                    ops_per_message,
-                    messages,
-                    workers,
-                };
-                eprintln!("running {ops_per_message}-op messages x{messages}, {workers} worker(s)");
-                runs.push(writes::run(&target, scenario, limit).await?);
-            }
+    let outcome = match Cli::parse().command {
+        Command::WriteBench(args) => write_bench(args).await,
+        Command::ReadBench(args) => read_bench(args).await,
+        Command::BareWarp { listen } => {
+            reads::serve_bare_warp(listen).await;
+            Ok(())
         }
-        report::print_writes(queue, upsert, &runs);
-        Ok::<_, loadtest::BenchError>(())
     };
-    match run.await {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("loadtest: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn read_bench(args: ReadBenchArgs) -> Result<(), loadtest::BenchError> {
+    let target = Target {
+        admin_url: args.admin_url,
+        amqp_url: args.amqp_url,
+        bin_dir: args.bin_dir,
+    };
+    let bench = reads::ReadBench {
+        records: args.records,
+        connections: args.connections,
+        seconds: args.seconds,
+    };
+    let (runs, pgbench) = reads::run(&target, bench).await?;
+    report::print_reads(&runs, pgbench);
+    Ok(())
+}
+
+async fn write_bench(args: WriteBench) -> Result<(), loadtest::BenchError> {
+    let target = Target {
+        admin_url: args.admin_url,
+        amqp_url: args.amqp_url,
+        bin_dir: args.bin_dir,
+    };
+    let limit = Duration::from_secs(args.limit_secs);
+    let queue = baseline::quorum_queue(&target, args.single_messages).await?;
+    let upsert = baseline::upsert_rows_per_sec(&target, args.bulk_messages * args.bulk_ops).await?;
+    let mut runs = Vec::new();
+    for (ops_per_message, messages) in [
+        (1, args.single_messages),
+        (args.bulk_ops, args.bulk_messages),
+    ] {
+        for &workers in &args.workers {
+            let scenario = Scenario {
+                ops_per_message,
+                messages,
+                workers,
+            };
+            eprintln!("running {ops_per_message}-op messages x{messages}, {workers} worker(s)");
+            runs.push(writes::run(&target, scenario, limit).await?);
+        }
+    }
+    report::print_writes(queue, upsert, &runs);
+    Ok(())
 }

@@ -66,3 +66,30 @@ pub fn print_writes(queue: QueueRates, upsert_rows_per_sec: f64, runs: &[Measure
         );
     }
 }
+
+/// Prints the read benchmark's table: each run beside the bare handler.
+pub fn print_reads(runs: &[crate::reads::HttpRun], pgbench_tps: f64) {
+    println!("machine: {}", machine());
+    println!(
+        "baseline, pgbench select by primary key (prepared, 16 clients): {pgbench_tps:.0} tps"
+    );
+    println!();
+    println!(
+        "| server | req/s | p50 ms | p99 ms | errors | req/s vs bare warp | p99 vs bare warp | req/s vs pgbench |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let Some(bare) = runs.first() else { return };
+    for r in runs {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {:.2}x | {:.2}x | {:.2}x |",
+            r.name,
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.rps / bare.rps,
+            r.p99_ms / bare.p99_ms,
+            r.rps / pgbench_tps
+        );
+    }
+}
