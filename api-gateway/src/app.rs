@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -12,11 +13,16 @@ use warp::Filter;
 use shared::settings::InvalidSetting;
 use shared::version::VersionInfo;
 
+use shared::settings::Secret;
+use shared::topology::Topology;
+
+use crate::cache::{CacheConfig, CacheControl, CachedReads};
 use crate::http_caching::CachePolicy;
+use crate::metrics::Metrics;
 use crate::replicas::{self, Replica};
 use crate::settings::Settings;
 use crate::store::ReadStore;
-use crate::{dockerflow, errors, routes};
+use crate::{dockerflow, errors, invalidation, routes};
 
 /// Why the gateway could not start.
 #[derive(Debug, Error)]
@@ -34,6 +40,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A metric could not be registered (a bug: names are constants).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A gateway with its listeners bound, ready to run.
@@ -41,7 +50,11 @@ pub struct App {
     public: TcpListener,
     admin: Option<TcpListener>,
     replicas: Arc<Vec<Replica>>,
-    store: ReadStore,
+    reads: CachedReads<ReadStore>,
+    cache: CacheControl,
+    amqp_url: Secret,
+    topology: Topology,
+    connection_name: String,
     caching: CachePolicy,
     version: Arc<VersionInfo>,
     registry: prometheus::Registry,
@@ -69,17 +82,42 @@ impl App {
             Some(addr) => Some(bind("ADDONREG_METRICS_LISTEN", addr).await?),
             None => None,
         };
+        if settings.cache_max_entries == 0 {
+            return Err(InvalidSetting {
+                variable: "ADDONREG_CACHE_MAX_ENTRIES",
+                problem: "must be at least 1".into(),
+            }
+            .into());
+        }
+        let registry = shared::admin::registry("addonreg_gateway");
+        let metrics = Metrics::register(&registry)?;
+        let store = ReadStore::new(replicas.clone(), settings.read_timeout());
+        let (reads, cache) = CachedReads::new(
+            store,
+            CacheConfig {
+                max_entries: settings.cache_max_entries,
+                ttl_found: Duration::from_secs(settings.cache_ttl_found_secs.into()),
+                ttl_missing: Duration::from_secs(settings.cache_ttl_missing_secs.into()),
+                ttl_disconnected: Duration::from_millis(settings.cache_disconnected_ttl_ms),
+            },
+            metrics,
+        );
         Ok(Self {
             public,
             admin,
-            store: ReadStore::new(replicas.clone(), settings.read_timeout()),
+            reads,
+            cache,
+            amqp_url: settings.amqp.url.clone(),
+            topology: Topology::new(&settings.amqp.prefix),
+            // Named per prefix, so SREs (and tests) can find it.
+            connection_name: format!("addonreg-gateway {}", settings.amqp.prefix.as_str()),
             caching: CachePolicy::new(
                 settings.cache_ttl_found_secs,
                 settings.cache_ttl_missing_secs,
             ),
             replicas,
             version: Arc::new(VersionInfo::load(&settings.version_file)),
-            registry: shared::admin::registry("addonreg_gateway"),
+            registry,
         })
     }
 
@@ -98,9 +136,13 @@ impl App {
     /// Serves until `shutdown` resolves, then finishes the requests in hand.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let stop = CancellationToken::new();
-        let routes = dockerflow::routes(self.replicas.clone(), self.version.clone())
-            .or(routes::routes(self.store.clone(), self.caching.clone()))
-            .recover(errors::recover);
+        let routes = dockerflow::routes(
+            self.replicas.clone(),
+            self.cache.clone(),
+            self.version.clone(),
+        )
+        .or(routes::routes(self.reads.clone(), self.caching.clone()))
+        .recover(errors::recover);
         tracing::info!(
             type = "gateway.start",
             listen = %self.public_addr(),
@@ -120,7 +162,15 @@ impl App {
             shutdown.await;
             stop.cancel();
         };
-        tokio::join!(public, admin, signal);
+        // Ends with `stop`; the cache outlives it only by the final requests.
+        let subscription = invalidation::run(
+            self.amqp_url.clone(),
+            self.topology.clone(),
+            self.connection_name.clone(),
+            self.cache.clone(),
+            stop.clone(),
+        );
+        tokio::join!(public, admin, signal, subscription);
         for replica in self.replicas.iter() {
             replica.pool.close().await;
         }

@@ -11,6 +11,7 @@ use warp::{Filter, Rejection, Reply};
 
 use shared::version::VersionInfo;
 
+use crate::cache::CacheControl;
 use crate::replicas::{Health, Replica};
 
 /// A check's or the whole heartbeat's verdict.
@@ -33,10 +34,21 @@ struct Heartbeat {
 }
 
 /// Judges the replicas: all up is ok; some down is a warning; all down is
-/// an error (503), since no read can succeed.
-fn heartbeat(replicas: &[Replica], health: &[Health]) -> Heartbeat {
+/// an error (503), since no read can succeed. Not being subscribed to
+/// invalidations (check `broker`) is a warning: reads still work, with
+/// short cache lifetimes.
+fn heartbeat(replicas: &[Replica], health: &[Health], broker_up: bool) -> Heartbeat {
     let mut checks = BTreeMap::new();
     let mut details = BTreeMap::new();
+    if broker_up {
+        checks.insert("broker".to_string(), Verdict::Ok);
+    } else {
+        checks.insert("broker".to_string(), Verdict::Warning);
+        details.insert(
+            "broker".to_string(),
+            "not subscribed to invalidations".into(),
+        );
+    }
     for (replica, health) in replicas.iter().zip(health) {
         let verdict = match health {
             Health::Up => Verdict::Ok,
@@ -62,6 +74,7 @@ fn heartbeat(replicas: &[Replica], health: &[Health]) -> Heartbeat {
 /// The three Dockerflow routes.
 pub fn routes(
     replicas: Arc<Vec<Replica>>,
+    cache: CacheControl,
     version: Arc<VersionInfo>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let lbheartbeat = warp::path!("__lbheartbeat__")
@@ -69,9 +82,10 @@ pub fn routes(
         .map(|| warp::reply::json(&serde_json::json!({})));
     let heartbeat = warp::path!("__heartbeat__").and(warp::get()).then(move || {
         let replicas = replicas.clone();
+        let broker_up = cache.is_subscribed();
         async move {
             let health = join_all(replicas.iter().map(Replica::check)).await;
-            let body = heartbeat(&replicas, &health);
+            let body = heartbeat(&replicas, &health, broker_up);
             let status = match body.status {
                 Verdict::Error => StatusCode::SERVICE_UNAVAILABLE,
                 Verdict::Ok | Verdict::Warning => StatusCode::OK,
@@ -104,12 +118,19 @@ mod tests {
     #[tokio::test]
     async fn verdicts() {
         let r = replicas(2);
-        let all_up = heartbeat(&r, &[Health::Up, Health::Up]);
+        let all_up = heartbeat(&r, &[Health::Up, Health::Up], true);
         assert_eq!(all_up.status, Verdict::Ok);
-        let one_down = heartbeat(&r, &[Health::Up, Health::Down]);
+        let one_down = heartbeat(&r, &[Health::Up, Health::Down], true);
         assert_eq!(one_down.status, Verdict::Warning);
         assert_eq!(one_down.checks["replica-2"], Verdict::Warning);
-        let all_down = heartbeat(&r, &[Health::Down, Health::Down]);
+        let all_down = heartbeat(&r, &[Health::Down, Health::Down], true);
         assert_eq!(all_down.status, Verdict::Error);
+        let no_broker = heartbeat(&r, &[Health::Up, Health::Up], false);
+        assert_eq!(
+            no_broker.status,
+            Verdict::Warning,
+            "a lost broker is never a 503"
+        );
+        assert_eq!(no_broker.checks["broker"], Verdict::Warning);
     }
 }

@@ -6,6 +6,10 @@
 //! - `replicas`: one pool per read replica and their health.
 //! - `store`: the reads (`Reads`) and their SQL over the replicas, with
 //!   round-robin and failover between them; rows decoded into domain types.
+//! - `cache`: the in-memory record cache in front of the store, with its
+//!   fences against stale refills.
+//! - `invalidation`: the broker subscription that evicts and fences keys.
+//! - `metrics`: every Prometheus metric of the gateway.
 //! - `routes`: the read API's filters and handlers; inputs parsed at the edge.
 //! - `http_caching`: `ETag`, `Last-Modified`, `Cache-Control` and 304s of
 //!   single-record answers.
@@ -13,9 +17,12 @@
 //! - `errors`: the one mapping of failures to HTTP answers.
 
 pub mod app;
+pub mod cache;
 pub mod dockerflow;
 pub mod errors;
 pub mod http_caching;
+pub mod invalidation;
+pub mod metrics;
 pub mod replicas;
 pub mod routes;
 pub mod settings;

@@ -62,6 +62,20 @@ pub struct Settings {
     #[arg(long, env = "ADDONREG_CACHE_TTL_MISSING_SECS", default_value_t = 5)]
     pub cache_ttl_missing_secs: u32,
 
+    /// Most records (found or missing) kept in memory.
+    /// [env: ADDONREG_CACHE_MAX_ENTRIES]
+    #[arg(long, env = "ADDONREG_CACHE_MAX_ENTRIES", default_value_t = 1_000_000)]
+    pub cache_max_entries: u64,
+
+    /// Longest lifetime of a cached record while not subscribed to
+    /// invalidation events, in ms. [env: ADDONREG_CACHE_DISCONNECTED_TTL_MS]
+    #[arg(
+        long,
+        env = "ADDONREG_CACHE_DISCONNECTED_TTL_MS",
+        default_value_t = 1_000
+    )]
+    pub cache_disconnected_ttl_ms: u64,
+
     #[command(flatten)]
     pub amqp: AmqpSettings,
 
@@ -106,6 +120,8 @@ mod tests {
         assert_eq!(s.read_urls().len(), 1);
         assert_eq!(s.read_timeout(), Duration::from_secs(3));
         assert_eq!((s.cache_ttl_found_secs, s.cache_ttl_missing_secs), (60, 5));
+        assert_eq!(s.cache_max_entries, 1_000_000);
+        assert_eq!(s.cache_disconnected_ttl_ms, 1_000);
         let s = Settings::try_parse_from([
             "api-gateway",
             "--replica-urls",

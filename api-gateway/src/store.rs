@@ -21,13 +21,14 @@ use sqlx::PgPool;
 use thiserror::Error;
 
 use shared::domain::{AddonId, Sha256, Timestamp, Version, WriteId};
+use shared::event::Lsn;
 use shared::receipt::{Receipt, ReceiptStatus};
 use shared::record::{Record, Status};
 
 use crate::replicas::Replica;
 
 /// Why a read failed. Carries no HTTP status: the edge decides.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     /// Every replica failed or timed out.
     #[error("no replica answered")]
@@ -67,6 +68,54 @@ pub trait Reads: Clone + Send + Sync + 'static {
         &self,
         write_id: &WriteId,
     ) -> impl Future<Output = Result<Option<Receipt>, StoreError>> + Send;
+
+    /// The record of one pair, from a source that has replayed the WAL up to
+    /// `lsn` when one does within a short wait; else from any source, with
+    /// `caught_up` false. The default can't tell, so it never claims it.
+    fn record_at_least(
+        &self,
+        addon_id: &AddonId,
+        sha256: &Sha256,
+        _lsn: Lsn,
+    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send {
+        async move {
+            Ok(Fenced {
+                record: self.record(addon_id, sha256).await?,
+                caught_up: false,
+            })
+        }
+    }
+
+    /// `list`, from a source that has replayed `lsn` when one does within a
+    /// short wait, else from any.
+    fn list_at_least(
+        &self,
+        addon_id: &AddonId,
+        after: Option<Sha256>,
+        limit: u16,
+        _lsn: Lsn,
+    ) -> impl Future<Output = Result<Vec<Record>, StoreError>> + Send {
+        self.list(addon_id, after, limit)
+    }
+
+    /// `receipt`, from a source that has replayed `lsn` when one does within
+    /// a short wait, else from any.
+    fn receipt_at_least(
+        &self,
+        write_id: &WriteId,
+        _lsn: Lsn,
+    ) -> impl Future<Output = Result<Option<Receipt>, StoreError>> + Send {
+        self.receipt(write_id)
+    }
+}
+
+/// A record read under a fence: whether its source had replayed the fence.
+#[derive(Debug, Clone)]
+pub struct Fenced {
+    /// The record, or `None`.
+    pub record: Option<Record>,
+    /// Whether the source had replayed the fence LSN before reading it.
+    pub caught_up: bool,
 }
 
 /// Reads from the replicas, with failover between them.
@@ -114,6 +163,16 @@ const LIST: &str = "\
     WHERE addon_id = $1 AND sha256 > $2 AND status <> 'deleted' \
     ORDER BY sha256 \
     LIMIT $3";
+
+// A primary (not in recovery) has everything; NULL on a standby means it has
+// replayed nothing yet. Asked before the record's own statement, whose
+// snapshot is then at least as new (replay only moves forward).
+const REPLAYED: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text";
+
+/// How often, and how far apart, a fenced read looks for a source that has
+/// replayed its fence: at most ~500 ms in all, inside the 1 s promise.
+const FENCE_POLLS: u32 = 5;
+const FENCE_POLL_EVERY: Duration = Duration::from_millis(100);
 
 const RECEIPT: &str = "\
     SELECT write_id, status, reason, processed_at \
@@ -212,6 +271,73 @@ impl ReadStore {
     }
 }
 
+impl ReadStore {
+    /// Runs `query` on the first replica (in [`Self::attempt_order`]) that
+    /// has replayed the WAL up to `lsn` (a primary always has), polling
+    /// [`FENCE_POLLS`] times; `None` when none had in that time. Failures
+    /// are skipped here: the plain read that follows reports them.
+    async fn on_a_caught_up_replica<T, F, Fut>(
+        &self,
+        what: &'static str,
+        lsn: Lsn,
+        query: F,
+    ) -> Result<Option<T>, StoreError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        // A replica that failed is not asked again by this read: a dead one
+        // would otherwise cost the attempt timeout at every poll.
+        let mut failed = vec![false; self.inner.replicas.len()];
+        for poll in 0..FENCE_POLLS {
+            if poll > 0 {
+                tokio::time::sleep(FENCE_POLL_EVERY).await;
+            }
+            for i in self.attempt_order() {
+                if failed[i] {
+                    continue;
+                }
+                let pool = self.inner.replicas[i].pool.clone();
+                let attempt = async {
+                    let (in_recovery, replayed): (bool, Option<String>) =
+                        sqlx::query_as(REPLAYED).fetch_one(&pool).await?;
+                    let caught_up = !in_recovery
+                        || replayed
+                            .and_then(|r| r.parse::<Lsn>().ok())
+                            .is_some_and(|r| r >= lsn);
+                    if caught_up {
+                        query(pool).await.map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
+                match tokio::time::timeout(self.inner.attempt_timeout, attempt).await {
+                    Ok(Ok(Some(value))) => return Ok(Some(value)),
+                    // Behind: the next source may have it.
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) if is_about_the_rows(&e) => {
+                        return Err(StoreError::CorruptRow(format!("{what}: {e}")));
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        failed[i] = true;
+                        self.inner.failed_at[i].store(self.now_ms(), Ordering::Relaxed);
+                    }
+                }
+            }
+            if failed.iter().all(|f| *f) {
+                break;
+            }
+        }
+        tracing::warn!(
+            type = "store.fence_behind",
+            query = what,
+            lsn = %lsn,
+            "no replica has replayed a fence; answering from any"
+        );
+        Ok(None)
+    }
+}
+
 /// Errors about what came back rather than about the replica: every replica
 /// would answer the same, so trying the next one is pointless.
 fn is_about_the_rows(e: &sqlx::Error) -> bool {
@@ -289,6 +415,79 @@ impl Reads for ReadStore {
             })
             .await?;
         rows.into_iter().map(RecordRow::into_record).collect()
+    }
+
+    async fn record_at_least(
+        &self,
+        addon_id: &AddonId,
+        sha256: &Sha256,
+        lsn: Lsn,
+    ) -> Result<Fenced, StoreError> {
+        let row = self
+            .on_a_caught_up_replica("record_at_least", lsn, move |pool| async move {
+                sqlx::query_as::<_, RecordRow>(RECORD)
+                    .bind(addon_id.as_str())
+                    .bind(sha256.as_bytes().as_slice())
+                    .fetch_optional(&pool)
+                    .await
+            })
+            .await?;
+        Ok(match row {
+            Some(row) => Fenced {
+                record: row.map(RecordRow::into_record).transpose()?,
+                caught_up: true,
+            },
+            None => Fenced {
+                record: self.record(addon_id, sha256).await?,
+                caught_up: false,
+            },
+        })
+    }
+
+    async fn list_at_least(
+        &self,
+        addon_id: &AddonId,
+        after: Option<Sha256>,
+        limit: u16,
+        lsn: Lsn,
+    ) -> Result<Vec<Record>, StoreError> {
+        let after_bytes: &[u8] = match &after {
+            Some(sha256) => sha256.as_bytes(),
+            None => &[],
+        };
+        let rows = self
+            .on_a_caught_up_replica("list_at_least", lsn, move |pool| async move {
+                sqlx::query_as::<_, RecordRow>(LIST)
+                    .bind(addon_id.as_str())
+                    .bind(after_bytes)
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&pool)
+                    .await
+            })
+            .await?;
+        match rows {
+            Some(rows) => rows.into_iter().map(RecordRow::into_record).collect(),
+            None => self.list(addon_id, after, limit).await,
+        }
+    }
+
+    async fn receipt_at_least(
+        &self,
+        write_id: &WriteId,
+        lsn: Lsn,
+    ) -> Result<Option<Receipt>, StoreError> {
+        let row = self
+            .on_a_caught_up_replica("receipt_at_least", lsn, move |pool| async move {
+                sqlx::query_as::<_, ReceiptRow>(RECEIPT)
+                    .bind(write_id.as_str())
+                    .fetch_optional(&pool)
+                    .await
+            })
+            .await?;
+        match row {
+            Some(row) => row.map(ReceiptRow::into_receipt).transpose(),
+            None => self.receipt(write_id).await,
+        }
     }
 
     async fn receipt(&self, write_id: &WriteId) -> Result<Option<Receipt>, StoreError> {

@@ -3,7 +3,7 @@
 
 use harness::{TestBroker, TestCluster, TestDb};
 
-use crate::helpers::{get_json, start_gateway};
+use crate::helpers::{Amo, get_json, start_gateway, wait_subscribed};
 
 #[tokio::test]
 async fn gateway_role_can_only_read() {
@@ -94,7 +94,10 @@ async fn harness_replica_streams_the_primary_and_refuses_writes() {
 async fn gateway_serves_dockerflow_metrics_only_on_admin_and_stops_on_sigterm() {
     let db = TestDb::new().await;
     let broker = TestBroker::new();
+    // The invalidations exchange exists (a worker or infra declared it).
+    let _amo = Amo::connect(&broker).await;
     let mut gw = start_gateway(&[db.url_as("addonreg_gateway")], broker.prefix.as_str()).await;
+    wait_subscribed(&gw).await;
 
     let (status, body) = get_json(&format!("{}/__lbheartbeat__", gw.public)).await;
     assert_eq!((status, body), (200, serde_json::json!({})));

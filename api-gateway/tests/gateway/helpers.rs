@@ -129,3 +129,165 @@ pub async fn insert_receipt(
     .await
     .expect("insert receipt");
 }
+
+/// AMO: publishes writes as the contract says (persistent, `message_id`,
+/// confirms), after declaring the topology as infra would have.
+pub struct Amo {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    exchange: String,
+}
+
+impl Amo {
+    /// Connects and declares the topology.
+    pub async fn connect(broker: &harness::TestBroker) -> Self {
+        let connection = broker.connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        broker.topology().declare(&channel).await.unwrap();
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Self {
+            _connection: connection,
+            channel,
+            exchange: broker.topology().writes_exchange,
+        }
+    }
+
+    /// Publishes one `register` of (`addon_id`, `sha256`, `version`) as a
+    /// new write issued now, and returns its `write_id`.
+    pub async fn register(&self, addon_id: &str, sha256: &str, version: &str) -> String {
+        let write_id = uuid::Uuid::new_v4().to_string();
+        let issued_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let body = serde_json::json!({"v": 1, "write_id": write_id, "issued_at": issued_at,
+            "ops": [{"op": "register", "addon_id": addon_id, "sha256": sha256, "version": version}]});
+        let properties = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(write_id.as_str().into());
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                "write".into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.to_string().as_bytes(),
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "broker confirms the write");
+        write_id
+    }
+}
+
+/// Starts the real `write-worker` binary against `database_url`. The
+/// gateway's tests can't name another package's binary, so this uses the
+/// workspace's `target/debug/write-worker`, building it only when missing:
+/// `cargo nextest run --workspace` has just built it, and a nested build
+/// from inside a test sees a different environment and would rebuild (and
+/// make the next outer build rebuild again) every time.
+pub fn start_worker(database_url: String, broker: &harness::TestBroker) -> TestProcess {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| workspace.join("target"));
+    let binary = target.join("debug").join("write-worker");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "write-worker",
+                "--bin",
+                "write-worker",
+            ])
+            .current_dir(&workspace)
+            .status()
+            .expect("run cargo build");
+        assert!(built.success(), "build write-worker");
+    }
+    TestProcess::start(
+        binary.to_str().expect("UTF-8 path"),
+        &[],
+        &[
+            ("ADDONREG_DATABASE_URL", database_url),
+            ("ADDONREG_AMQP_URL", broker.url.clone()),
+            ("ADDONREG_PREFIX", broker.prefix.to_string()),
+            ("ADDONREG_METRICS_LISTEN", "0".to_string()),
+        ],
+    )
+}
+
+/// The value of one sample on the admin `/metrics` (0 when absent), e.g.
+/// `addonreg_gateway_store_queries_total{kind="record"}`.
+pub async fn metric(gateway: &Gateway, sample: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", gateway.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// Polls `check` every 10 ms until it holds, failing after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the gateway says it is subscribed to invalidations.
+pub async fn wait_subscribed(gateway: &Gateway) {
+    let url = format!("{}/__heartbeat__", gateway.public);
+    eventually(Duration::from_secs(20), "broker ok", || async {
+        get_json(&url).await.1["checks"]["broker"] == "ok"
+    })
+    .await;
+}
+
+/// Closes every broker connection whose client properties mention `name`;
+/// returns how many.
+pub fn close_broker_connections(name: &str) -> usize {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .expect("run rabbitmqctl (as root, beside the broker)");
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let pids: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(name))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: connection cut", "-q"])
+            .status()
+            .expect("run rabbitmqctl");
+        assert!(status.success(), "close_connection {pid}");
+    }
+    pids.len()
+}

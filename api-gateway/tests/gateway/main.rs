@@ -2,5 +2,6 @@
 //! streaming replica) and RabbitMQ.
 
 mod foundation;
+mod freshness;
 mod helpers;
 mod reads;

@@ -20,8 +20,16 @@ fn hash(n: u32) -> String {
     format!("{n:064x}")
 }
 
+/// A gateway that keeps nothing in memory: these tests change rows behind its
+/// back (no worker, no invalidation events), and it is never subscribed, so
+/// the disconnected lifetime (0 here) is every entry's lifetime.
 async fn gateway(db: &TestDb) -> Gateway {
-    start_gateway(&[db.url_as("addonreg_gateway")], "test-reads").await
+    start_gateway_with(
+        &[db.url_as("addonreg_gateway")],
+        "test-reads",
+        &[("ADDONREG_CACHE_DISCONNECTED_TTL_MS", "0".into())],
+    )
+    .await
 }
 
 fn client() -> reqwest::Client {

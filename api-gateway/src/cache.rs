@@ -1,0 +1,619 @@
+//! The in-memory record cache in front of the store ([`CachedReads`]), and
+//! the handle the invalidation task drives it with ([`CacheControl`]).
+//!
+//! Single-record reads are cached, found and missing alike, for
+//! `ADDONREG_CACHE_TTL_FOUND_SECS` / `_MISSING_SECS` (the same lifetimes the
+//! HTTP answers advertise), bounded by `ADDONREG_CACHE_MAX_ENTRIES`.
+//! Concurrent misses for one key share one query (moka's `try_get_with`).
+//!
+//! Freshness rests on invalidation events. Each one bumps a global
+//! generation and records, per key, a fence (that generation and the
+//! event's LSN) kept for [`FENCE_KEPT_FOR`], then evicts the key. A fill
+//! remembers the generation when it started; if its key got a newer fence,
+//! or the whole cache was cleared, meanwhile, its result is answered but not
+//! cached (returned to the waiters through the `Err` side of `try_get_with`,
+//! which moka never caches), and whoever sees the bump after the insert
+//! evicts the key again, closing the window between check and insert.
+//! A miss on a fenced key reads only from a source that has replayed the
+//! fence's LSN ([`Reads::record_at_least`]); when none has, the answer is
+//! not cached. Lookups answer cached keys from memory, read fenced keys
+//! through the fenced single-record path and the rest with one bulk query,
+//! without filling the cache. Listings and receipts are not cached, but
+//! replica lag is fenced for them too: a listing of an add-on with a live
+//! fence (any of its keys invalidated lately) reads from a source that has
+//! replayed that add-on's highest fence, and a receipt that is not found
+//! while any event arrived lately is asked again of a source that has
+//! replayed the latest event's LSN (receipts never change once written, so
+//! only their absence can be old).
+//!
+//! While not subscribed to invalidations (before the first subscription and
+//! after losing the broker) entries live at most
+//! `ADDONREG_CACHE_DISCONNECTED_TTL_MS`. Losing the subscription and every
+//! (re)subscription drop the whole cache, since events may have been missed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+use moka::Expiry;
+use shared::domain::{AddonId, Sha256, WriteId};
+use shared::event::Lsn;
+use shared::receipt::Receipt;
+use shared::record::Record;
+use shared::write::Pair;
+
+use crate::metrics::Metrics;
+use crate::store::{Fenced, Reads, StoreError};
+
+/// How long a key's fence is kept after its last invalidation: far longer
+/// than any read (bounded by the read timeout) or sane replica lag.
+pub const FENCE_KEPT_FOR: Duration = Duration::from_secs(60);
+
+/// How many times a read that joined a fill discarded by an invalidation
+/// starts over rather than answer the value that invalidation made old.
+const RETRIES_AFTER_RACE: usize = 3;
+
+/// How many fenced keys of one bulk lookup are read concurrently.
+const FENCED_LOOKUPS_AT_ONCE: usize = 4;
+
+type Key = (AddonId, Sha256);
+
+/// A cached answer: the record or its absence, and how long it may live.
+/// moka applies per-entry expiry only once its housekeeping has seen the
+/// insert, so reads also check `expires_at` themselves: a short lifetime
+/// (while disconnected) must hold to the millisecond.
+#[derive(Debug, Clone)]
+struct Entry {
+    record: Option<Record>,
+    ttl: Duration,
+    expires_at: Instant,
+}
+
+impl Entry {
+    fn is_live(&self) -> bool {
+        Instant::now() < self.expires_at
+    }
+}
+
+/// Each entry lives for the lifetime chosen when it was filled.
+struct EntryTtl;
+
+impl Expiry<Key, Entry> for EntryTtl {
+    fn expire_after_create(&self, _: &Key, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// A recently invalidated key: the generation of its last invalidation and
+/// the highest LSN any source must have replayed before it is refilled.
+#[derive(Debug, Clone, Copy)]
+struct Fence {
+    generation: u64,
+    lsn: Lsn,
+}
+
+/// Why a fill was not cached; moka hands the same `Arc` to every waiter.
+#[derive(Debug)]
+enum Fill {
+    /// The store failed.
+    Store(StoreError),
+    /// Invalidated or cleared while the query ran: answer, don't cache.
+    Raced(Option<Record>),
+    /// No source had replayed the key's fence: answer, don't cache.
+    Behind(Option<Record>),
+}
+
+/// Lifetimes and bounds of cached entries.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// Most entries kept.
+    pub max_entries: u64,
+    /// Lifetime of a found record.
+    pub ttl_found: Duration,
+    /// Lifetime of a "no record" entry.
+    pub ttl_missing: Duration,
+    /// Longest lifetime while not subscribed to invalidations.
+    pub ttl_disconnected: Duration,
+}
+
+struct Shared {
+    entries: moka::future::Cache<Key, Entry>,
+    fences: moka::sync::Cache<Key, Fence>,
+    /// Per add-on, the highest fence LSN of its keys, for listings.
+    addon_fences: moka::sync::Cache<AddonId, Lsn>,
+    /// The highest LSN of any event lately, for receipts not found.
+    latest: moka::sync::Cache<(), Lsn>,
+    /// Bumped by every invalidation and every clear.
+    generation: AtomicU64,
+    /// The generation of the last clear.
+    cleared_at: AtomicU64,
+    subscribed: AtomicBool,
+    config: CacheConfig,
+    metrics: Metrics,
+}
+
+impl Shared {
+    /// Whether `key` was invalidated, or the cache cleared, after `started`.
+    fn changed_since(&self, key: &Key, started: u64) -> bool {
+        self.cleared_at.load(Ordering::SeqCst) > started
+            || self
+                .fences
+                .get(key)
+                .is_some_and(|fence| fence.generation > started)
+    }
+
+    fn ttl_for(&self, record: &Option<Record>) -> Duration {
+        let ttl = match record {
+            Some(_) => self.config.ttl_found,
+            None => self.config.ttl_missing,
+        };
+        if self.subscribed.load(Ordering::SeqCst) {
+            ttl
+        } else {
+            ttl.min(self.config.ttl_disconnected)
+        }
+    }
+}
+
+/// What the invalidation task (and the heartbeat) use to drive the cache.
+#[derive(Clone)]
+pub struct CacheControl {
+    shared: Arc<Shared>,
+}
+
+impl CacheControl {
+    /// Fences and evicts every key of an event.
+    pub async fn invalidate(&self, keys: Vec<Pair>, lsn: Lsn) {
+        let shared = &self.shared;
+        shared.metrics.invalidation_events.inc();
+        let latest = shared.latest.get(&()).map_or(lsn, |l| l.max(lsn));
+        shared.latest.insert((), latest);
+        for pair in keys {
+            let key = (pair.addon_id, pair.sha256);
+            let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+            // Only this task writes fences, so read-then-insert doesn't race;
+            // events may arrive out of LSN order, so keep the highest.
+            let lsn = shared
+                .fences
+                .get(&key)
+                .map_or(lsn, |fence| fence.lsn.max(lsn));
+            shared.fences.insert(key.clone(), Fence { generation, lsn });
+            let addon_lsn = shared.addon_fences.get(&key.0).map_or(lsn, |l| l.max(lsn));
+            shared.addon_fences.insert(key.0.clone(), addon_lsn);
+            shared.entries.invalidate(&key).await;
+        }
+    }
+
+    /// Subscribed again: drop everything (events were missed) and go back to
+    /// full lifetimes.
+    pub fn subscribed(&self) {
+        self.clear();
+        let shared = &self.shared;
+        shared.subscribed.store(true, Ordering::SeqCst);
+        shared.metrics.broker_connected.set(1);
+    }
+
+    /// Drops every entry; fills in flight are not cached.
+    pub fn clear(&self) {
+        let shared = &self.shared;
+        let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.cleared_at.store(generation, Ordering::SeqCst);
+        shared.entries.invalidate_all();
+        shared.metrics.cache_clears.inc();
+    }
+
+    /// No longer hearing invalidations: drop what was cached (events may
+    /// already be missed), and short lifetimes from now on.
+    pub fn unsubscribed(&self) {
+        if self.shared.subscribed.swap(false, Ordering::SeqCst) {
+            self.clear();
+        }
+        self.shared.metrics.broker_connected.set(0);
+    }
+
+    /// Whether invalidations are being received.
+    pub fn is_subscribed(&self) -> bool {
+        self.shared.subscribed.load(Ordering::SeqCst)
+    }
+}
+
+/// [`Reads`] with single-record answers kept in memory.
+#[derive(Clone)]
+pub struct CachedReads<R> {
+    store: R,
+    shared: Arc<Shared>,
+}
+
+impl<R: Reads> CachedReads<R> {
+    /// A cache in front of `store`, and the handle that invalidates it.
+    pub fn new(store: R, config: CacheConfig, metrics: Metrics) -> (Self, CacheControl) {
+        let shared = Arc::new(Shared {
+            entries: moka::future::Cache::builder()
+                .max_capacity(config.max_entries)
+                .expire_after(EntryTtl)
+                .build(),
+            fences: moka::sync::Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(FENCE_KEPT_FOR)
+                .build(),
+            addon_fences: moka::sync::Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(FENCE_KEPT_FOR)
+                .build(),
+            latest: moka::sync::Cache::builder()
+                .max_capacity(1)
+                .time_to_live(FENCE_KEPT_FOR)
+                .build(),
+            generation: AtomicU64::new(0),
+            cleared_at: AtomicU64::new(0),
+            subscribed: AtomicBool::new(false),
+            config,
+            metrics,
+        });
+        let control = CacheControl {
+            shared: shared.clone(),
+        };
+        (Self { store, shared }, control)
+    }
+
+    /// One attempt at a cached read. `Err(None)` asks the caller to start
+    /// over: it joined a fill that an invalidation made old.
+    async fn record_once(
+        &self,
+        addon_id: &AddonId,
+        sha256: &Sha256,
+        last_try: bool,
+    ) -> Result<Option<Record>, Option<StoreError>> {
+        let shared = &self.shared;
+        let key = (addon_id.clone(), *sha256);
+        if let Some(entry) = shared.entries.get(&key).await {
+            if entry.is_live() {
+                shared.metrics.cache_hits.inc();
+                return Ok(entry.record);
+            }
+            shared.entries.invalidate(&key).await;
+        }
+        let started = shared.generation.load(Ordering::SeqCst);
+        let ran = AtomicBool::new(false);
+        let fill = async {
+            ran.store(true, Ordering::SeqCst);
+            let metrics = &shared.metrics;
+            let (record, caught_up) = match shared.fences.get(&key) {
+                None => {
+                    metrics.store_queries.with_label_values(&["record"]).inc();
+                    let record = self.store.record(addon_id, sha256).await;
+                    (record.map_err(Fill::Store)?, true)
+                }
+                Some(fence) => {
+                    metrics
+                        .store_queries
+                        .with_label_values(&["record_fenced"])
+                        .inc();
+                    let Fenced { record, caught_up } = self
+                        .store
+                        .record_at_least(addon_id, sha256, fence.lsn)
+                        .await
+                        .map_err(Fill::Store)?;
+                    (record, caught_up)
+                }
+            };
+            if shared.changed_since(&key, started) {
+                metrics.cache_fill_discarded.inc();
+                return Err(Fill::Raced(record));
+            }
+            if !caught_up {
+                metrics.cache_fill_discarded.inc();
+                return Err(Fill::Behind(record));
+            }
+            let ttl = shared.ttl_for(&record);
+            let expires_at = Instant::now() + ttl;
+            Ok(Entry {
+                record,
+                ttl,
+                expires_at,
+            })
+        };
+        let outcome = shared.entries.try_get_with(key.clone(), fill).await;
+        let ran = ran.load(Ordering::SeqCst);
+        if ran {
+            shared.metrics.cache_misses.inc();
+        } else {
+            shared.metrics.cache_coalesced.inc();
+        }
+        if shared.changed_since(&key, started) {
+            // An insert may have landed after the invalidation's eviction.
+            shared.entries.invalidate(&key).await;
+        }
+        match outcome {
+            Ok(entry) => Ok(entry.record),
+            Err(fill) => match fill.as_ref() {
+                Fill::Store(e) => Err(Some(e.clone())),
+                Fill::Raced(_) if !ran && !last_try => Err(None),
+                Fill::Raced(record) | Fill::Behind(record) => Ok(record.clone()),
+            },
+        }
+    }
+}
+
+impl<R: Reads> Reads for CachedReads<R> {
+    async fn record(
+        &self,
+        addon_id: &AddonId,
+        sha256: &Sha256,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .record_once(addon_id, sha256, tries > RETRIES_AFTER_RACE)
+                .await
+            {
+                Ok(record) => return Ok(record),
+                Err(Some(e)) => return Err(e),
+                Err(None) => {}
+            }
+        }
+    }
+
+    async fn lookup(&self, keys: &[(AddonId, Sha256)]) -> Result<Vec<Option<Record>>, StoreError> {
+        let shared = &self.shared;
+        let mut results = vec![None; keys.len()];
+        let mut rest = Vec::new();
+        let mut fenced = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(entry) = shared.entries.get(key).await.filter(Entry::is_live) {
+                shared.metrics.cache_hits.inc();
+                results[i] = entry.record;
+            } else if shared.fences.contains_key(key) {
+                fenced.push(i);
+            } else {
+                rest.push(i);
+            }
+        }
+        // A few at a time: each is a query (or two), and the pool is small.
+        let records: Vec<Option<Record>> = futures_util::stream::iter(fenced.clone())
+            .map(|i| self.record(&keys[i].0, &keys[i].1))
+            .buffered(FENCED_LOOKUPS_AT_ONCE)
+            .try_collect()
+            .await?;
+        for (i, record) in fenced.into_iter().zip(records) {
+            results[i] = record;
+        }
+        if !rest.is_empty() {
+            let unfenced: Vec<Key> = rest.iter().map(|&i| keys[i].clone()).collect();
+            shared
+                .metrics
+                .store_queries
+                .with_label_values(&["lookup"])
+                .inc();
+            let found = self.store.lookup(&unfenced).await?;
+            for (i, record) in rest.into_iter().zip(found) {
+                results[i] = record;
+            }
+        }
+        Ok(results)
+    }
+
+    async fn list(
+        &self,
+        addon_id: &AddonId,
+        after: Option<Sha256>,
+        limit: u16,
+    ) -> Result<Vec<Record>, StoreError> {
+        match self.shared.addon_fences.get(addon_id) {
+            None => self.store.list(addon_id, after, limit).await,
+            Some(lsn) => self.store.list_at_least(addon_id, after, limit, lsn).await,
+        }
+    }
+
+    async fn receipt(&self, write_id: &WriteId) -> Result<Option<Receipt>, StoreError> {
+        match self.store.receipt(write_id).await? {
+            Some(receipt) => Ok(Some(receipt)),
+            None => match self.shared.latest.get(&()) {
+                None => Ok(None),
+                Some(lsn) => self.store.receipt_at_least(write_id, lsn).await,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use shared::domain::Timestamp;
+    use shared::record::Status;
+
+    /// A store with one mutable record whose reads take `delay`.
+    #[derive(Clone)]
+    struct SlowStore {
+        version: Arc<Mutex<Option<&'static str>>>,
+        queries: Arc<AtomicUsize>,
+        delay: Duration,
+        caught_up: bool,
+    }
+
+    impl SlowStore {
+        fn new(delay: Duration) -> Self {
+            Self {
+                version: Arc::new(Mutex::new(Some("1.0"))),
+                queries: Arc::new(AtomicUsize::new(0)),
+                delay,
+                caught_up: true,
+            }
+        }
+
+        fn set(&self, version: &'static str) {
+            *self.version.lock().unwrap() = Some(version);
+        }
+
+        fn queries(&self) -> usize {
+            self.queries.load(Ordering::SeqCst)
+        }
+    }
+
+    fn key() -> (AddonId, Sha256) {
+        (AddonId::parse("a@b").unwrap(), Sha256::from_bytes([7; 32]))
+    }
+
+    impl Reads for SlowStore {
+        async fn record(&self, a: &AddonId, s: &Sha256) -> Result<Option<Record>, StoreError> {
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            // Read at the start, answer after the delay: a slow replica query.
+            let version = *self.version.lock().unwrap();
+            tokio::time::sleep(self.delay).await;
+            Ok(version.map(|v| Record {
+                addon_id: a.clone(),
+                sha256: *s,
+                status: Status::Registered,
+                version: Some(shared::domain::Version::parse(v).unwrap()),
+                registered_at: None,
+                updated_at: Timestamp::from_utc(chrono::Utc::now()),
+            }))
+        }
+        async fn record_at_least(
+            &self,
+            a: &AddonId,
+            s: &Sha256,
+            _: Lsn,
+        ) -> Result<Fenced, StoreError> {
+            Ok(Fenced {
+                record: self.record(a, s).await?,
+                caught_up: self.caught_up,
+            })
+        }
+        async fn lookup(&self, keys: &[Key]) -> Result<Vec<Option<Record>>, StoreError> {
+            let mut out = Vec::new();
+            for (a, s) in keys {
+                out.push(self.record(a, s).await?);
+            }
+            Ok(out)
+        }
+        async fn list(
+            &self,
+            _: &AddonId,
+            _: Option<Sha256>,
+            _: u16,
+        ) -> Result<Vec<Record>, StoreError> {
+            Ok(vec![])
+        }
+        async fn receipt(&self, _: &WriteId) -> Result<Option<Receipt>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    fn cache(store: SlowStore) -> (CachedReads<SlowStore>, CacheControl) {
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let (reads, control) = CachedReads::new(
+            store,
+            CacheConfig {
+                max_entries: 100,
+                ttl_found: Duration::from_secs(60),
+                ttl_missing: Duration::from_secs(60),
+                ttl_disconnected: Duration::from_secs(60),
+            },
+            metrics,
+        );
+        control.subscribed();
+        (reads, control)
+    }
+
+    fn version(record: Option<Record>) -> String {
+        record.unwrap().version.unwrap().as_str().to_string()
+    }
+
+    fn pair() -> Pair {
+        let (addon_id, sha256) = key();
+        Pair { addon_id, sha256 }
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_during_a_slow_fill_wins() {
+        let store = SlowStore::new(Duration::from_millis(200));
+        let (reads, control) = cache(store.clone());
+        let (a, s) = key();
+        let slow = tokio::spawn({
+            let (reads, a, s) = (reads.clone(), a.clone(), s);
+            async move { reads.record(&a, &s).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.set("2.0");
+        control.invalidate(vec![pair()], Lsn(1)).await;
+        // The fill that began before the invalidation answers its old value…
+        assert_eq!(version(slow.await.unwrap().unwrap()), "1.0");
+        // …but didn't cache it.
+        assert_eq!(version(reads.record(&a, &s).await.unwrap()), "2.0");
+        assert_eq!(version(reads.record(&a, &s).await.unwrap()), "2.0");
+        assert_eq!(store.queries(), 2, "the second read was cached");
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_query() {
+        let store = SlowStore::new(Duration::from_millis(100));
+        let (reads, _control) = cache(store.clone());
+        let (a, s) = key();
+        let all = futures_util::future::join_all((0..50).map(|_| reads.record(&a, &s))).await;
+        assert!(all.into_iter().all(|r| version(r.unwrap()) == "1.0"));
+        assert_eq!(store.queries(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_from_a_source_behind_the_fence_is_not_cached() {
+        let mut store = SlowStore::new(Duration::ZERO);
+        store.caught_up = false;
+        let (reads, control) = cache(store.clone());
+        let (a, s) = key();
+        control.invalidate(vec![pair()], Lsn(1)).await;
+        reads.record(&a, &s).await.unwrap();
+        reads.record(&a, &s).await.unwrap();
+        assert_eq!(store.queries(), 2);
+        // Lookups of a fenced key take the same path.
+        reads.lookup(&[key()]).await.unwrap();
+        assert_eq!(store.queries(), 3);
+    }
+
+    #[tokio::test]
+    async fn losing_the_broker_drops_the_cache_and_shortens_lifetimes() {
+        let store = SlowStore::new(Duration::ZERO);
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let config = CacheConfig {
+            max_entries: 100,
+            ttl_found: Duration::from_secs(60),
+            ttl_missing: Duration::from_secs(60),
+            ttl_disconnected: Duration::from_millis(100),
+        };
+        let (reads, control) = CachedReads::new(store.clone(), config, metrics);
+        control.subscribed();
+        let (a, s) = key();
+        reads.record(&a, &s).await.unwrap();
+        reads.record(&a, &s).await.unwrap();
+        assert_eq!(store.queries(), 1);
+        control.unsubscribed();
+        reads.record(&a, &s).await.unwrap();
+        reads.record(&a, &s).await.unwrap();
+        assert_eq!(store.queries(), 2, "dropped, then cached briefly");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        reads.record(&a, &s).await.unwrap();
+        assert_eq!(store.queries(), 3, "expired after the short lifetime");
+    }
+
+    #[tokio::test]
+    async fn a_clear_drops_entries_and_fills_in_flight() {
+        let store = SlowStore::new(Duration::from_millis(100));
+        let (reads, control) = cache(store.clone());
+        let (a, s) = key();
+        let slow = tokio::spawn({
+            let (reads, a, s) = (reads.clone(), a.clone(), s);
+            async move { reads.record(&a, &s).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        store.set("2.0");
+        control.subscribed();
+        slow.await.unwrap().unwrap();
+        assert_eq!(version(reads.record(&a, &s).await.unwrap()), "2.0");
+        assert_eq!(store.queries(), 2);
+    }
+}

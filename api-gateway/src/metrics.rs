@@ -1,0 +1,75 @@
+//! Every Prometheus metric the gateway exports, declared and registered in
+//! one place (the registry adds the `addonreg_gateway_` prefix).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The gateway's metrics. Cheap to clone: each field is a handle.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// `cache_hits_total`: single-record reads answered from memory.
+    pub cache_hits: IntCounter,
+    /// `cache_misses_total`: single-record reads that queried the store.
+    pub cache_misses: IntCounter,
+    /// `cache_coalesced_total`: reads that waited for another read's query
+    /// for the same key instead of querying.
+    pub cache_coalesced: IntCounter,
+    /// `cache_fill_discarded_total`: query results answered but not cached,
+    /// because the key was invalidated (or the cache cleared) while the query
+    /// ran, or no replica had replayed the key's fence yet.
+    pub cache_fill_discarded: IntCounter,
+    /// `cache_clears_total`: whole-cache drops, on every (re)subscription.
+    pub cache_clears: IntCounter,
+    /// `store_queries_total{kind}`: queries the cache sent to the store;
+    /// `kind` is `record`, `record_fenced` or `lookup`.
+    pub store_queries: IntCounterVec,
+    /// `invalidation_events_total`: invalidation events received.
+    pub invalidation_events: IntCounter,
+    /// `broker_connected`: 1 while subscribed to invalidations, else 0.
+    pub broker_connected: IntGauge,
+}
+
+impl Metrics {
+    /// Declares every metric and registers it in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let store_queries = IntCounterVec::new(
+            Opts::new(
+                "store_queries_total",
+                "Queries the cache sent to the store.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(store_queries.clone()))?;
+        let broker_connected = IntGauge::new(
+            "broker_connected",
+            "1 while subscribed to invalidation events.",
+        )?;
+        registry.register(Box::new(broker_connected.clone()))?;
+        Ok(Self {
+            cache_hits: counter("cache_hits_total", "Reads answered from memory.")?,
+            cache_misses: counter("cache_misses_total", "Reads that queried the store.")?,
+            cache_coalesced: counter(
+                "cache_coalesced_total",
+                "Reads that shared another read's query.",
+            )?,
+            cache_fill_discarded: counter(
+                "cache_fill_discarded_total",
+                "Query results answered but not cached (invalidated meanwhile, or replicas behind).",
+            )?,
+            cache_clears: counter(
+                "cache_clears_total",
+                "Whole-cache drops on (re)subscription.",
+            )?,
+            store_queries,
+            invalidation_events: counter(
+                "invalidation_events_total",
+                "Invalidation events received.",
+            )?,
+            broker_connected,
+        })
+    }
+}
