@@ -8,8 +8,8 @@ use harness::{TestBroker, TestCluster, TestDb};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    Amo, Gateway, SeedRecord, eventually, get_json, insert_records, metric, start_gateway,
-    start_worker, wait_subscribed,
+    Amo, Gateway, SeedRecord, eventually, get_json, insert_records, metric, register,
+    start_gateway, start_worker, wait_subscribed,
 };
 
 const ADDON: &str = "fresh@example.com";
@@ -72,12 +72,12 @@ async fn a_write_evicts_the_cached_record_within_a_second_of_its_receipt() {
     wait_subscribed(&gw).await;
     let primary = db.pool_as("addonreg_gateway").await;
 
-    let id = amo.register(ADDON, &sha(1), "1.0").await;
+    let id = register(&amo, ADDON, &sha(1), "1.0").await;
     receipt(&primary, &id).await;
     serves(&gw, &sha(1), Some("1.0"), PROMISE).await;
     cached(&gw, &sha(1)).await;
 
-    let id = amo.register(ADDON, &sha(1), "2.0").await;
+    let id = register(&amo, ADDON, &sha(1), "2.0").await;
     receipt(&primary, &id).await;
     let took = serves(&gw, &sha(1), Some("2.0"), PROMISE).await;
     eprintln!("new value served {took:?} after the receipt");
@@ -96,7 +96,7 @@ async fn a_register_evicts_a_cached_not_found() {
 
     serves(&gw, &sha(2), None, PROMISE).await;
     cached(&gw, &sha(2)).await;
-    let id = amo.register(ADDON, &sha(2), "1.0").await;
+    let id = register(&amo, ADDON, &sha(2), "1.0").await;
     receipt(&primary, &id).await;
     serves(&gw, &sha(2), Some("1.0"), PROMISE).await;
     worker.terminate();
@@ -125,14 +125,14 @@ async fn a_paused_replica_does_not_bring_the_old_value_back() {
     wait_subscribed(&gw).await;
     let primary = db.pool_as("addonreg_gateway").await;
 
-    let id = amo.register(ADDON, &sha(3), "1.0").await;
+    let id = register(&amo, ADDON, &sha(3), "1.0").await;
     receipt(&primary, &id).await;
     replica.catch_up_with(&cluster).await;
     serves(&gw, &sha(3), Some("1.0"), PROMISE).await;
     cached(&gw, &sha(3)).await;
 
     replica.pause_replay().await;
-    let id = amo.register(ADDON, &sha(3), "2.0").await;
+    let id = register(&amo, ADDON, &sha(3), "2.0").await;
     receipt(&primary, &id).await;
     serves(&gw, &sha(3), Some("2.0"), PROMISE).await;
     // Every later read, on every endpoint, whichever replica its
@@ -190,14 +190,14 @@ async fn with_only_a_paused_replica_nothing_old_is_cached() {
     wait_subscribed(&gw).await;
     let primary = db.pool_as("addonreg_gateway").await;
 
-    let id = amo.register(ADDON, &sha(4), "1.0").await;
+    let id = register(&amo, ADDON, &sha(4), "1.0").await;
     receipt(&primary, &id).await;
     replica.catch_up_with(&cluster).await;
     serves(&gw, &sha(4), Some("1.0"), PROMISE).await;
     cached(&gw, &sha(4)).await;
 
     replica.pause_replay().await;
-    let id = amo.register(ADDON, &sha(4), "2.0").await;
+    let id = register(&amo, ADDON, &sha(4), "2.0").await;
     receipt(&primary, &id).await;
     let discarded = "addonreg_gateway_cache_fill_discarded_total";
     eventually(PROMISE * 5, "a fenced read that is not cached", || async {

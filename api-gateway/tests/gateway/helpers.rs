@@ -130,58 +130,19 @@ pub async fn insert_receipt(
     .expect("insert receipt");
 }
 
-/// AMO: publishes writes as the contract says (persistent, `message_id`,
-/// confirms), after declaring the topology as infra would have.
-pub struct Amo {
-    _connection: lapin::Connection,
-    channel: lapin::Channel,
-    exchange: String,
-}
+pub use harness::broker::{Amo, close_broker_connections};
 
-impl Amo {
-    /// Connects and declares the topology.
-    pub async fn connect(broker: &harness::TestBroker) -> Self {
-        let connection = broker.connect().await;
-        let channel = connection.create_channel().await.unwrap();
-        broker.topology().declare(&channel).await.unwrap();
-        channel
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        Self {
-            _connection: connection,
-            channel,
-            exchange: broker.topology().writes_exchange,
-        }
-    }
-
-    /// Publishes one `register` of (`addon_id`, `sha256`, `version`) as a
-    /// new write issued now, and returns its `write_id`.
-    pub async fn register(&self, addon_id: &str, sha256: &str, version: &str) -> String {
-        let write_id = uuid::Uuid::new_v4().to_string();
-        let issued_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let body = serde_json::json!({"v": 1, "write_id": write_id, "issued_at": issued_at,
-            "ops": [{"op": "register", "addon_id": addon_id, "sha256": sha256, "version": version}]});
-        let properties = lapin::BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(write_id.as_str().into());
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                "write".into(),
-                lapin::options::BasicPublishOptions::default(),
-                body.to_string().as_bytes(),
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack(), "broker confirms the write");
-        write_id
-    }
+/// Publishes one `register` of (`addon_id`, `sha256`, `version`) as a new
+/// write issued now, as AMO would, and returns its `write_id`.
+pub async fn register(amo: &Amo, addon_id: &str, sha256: &str, version: &str) -> String {
+    let write_id = uuid::Uuid::new_v4().to_string();
+    let issued_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    amo.publish(
+        &serde_json::json!({"v": 1, "write_id": write_id, "issued_at": issued_at,
+        "ops": [{"op": "register", "addon_id": addon_id, "sha256": sha256, "version": version}]}),
+    )
+    .await;
+    write_id
 }
 
 /// Starts the real `write-worker` binary against `database_url`. The
@@ -261,33 +222,4 @@ pub async fn wait_subscribed(gateway: &Gateway) {
         get_json(&url).await.1["checks"]["broker"] == "ok"
     })
     .await;
-}
-
-/// Closes every broker connection whose client properties mention `name`;
-/// returns how many.
-pub fn close_broker_connections(name: &str) -> usize {
-    let listing = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "--no-table-headers",
-            "-q",
-        ])
-        .output()
-        .expect("run rabbitmqctl (as root, beside the broker)");
-    let text = String::from_utf8_lossy(&listing.stdout);
-    let pids: Vec<&str> = text
-        .lines()
-        .filter(|line| line.contains(name))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    for pid in &pids {
-        let status = std::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "test: connection cut", "-q"])
-            .status()
-            .expect("run rabbitmqctl");
-        assert!(status.success(), "close_connection {pid}");
-    }
-    pids.len()
 }

@@ -1,5 +1,6 @@
 //! What the worker's tests share on top of the harness.
 
+pub use harness::broker::{Amo, close_broker_connections, queue_depth};
 use harness::{TestBroker, TestDb, TestProcess};
 
 /// Starts the real `write-worker` binary against a test's database and broker.
@@ -28,69 +29,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::Connection;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
-
-/// Publishes as AMO does: persistent, JSON, `message_id` = write id, confirmed.
-pub struct Amo {
-    _connection: Connection,
-    channel: Channel,
-    exchange: String,
-}
-
-impl Amo {
-    /// Connects and declares the topology (as infra would have).
-    pub async fn connect(broker: &TestBroker) -> Self {
-        let connection = broker.connect().await;
-        let channel = connection.create_channel().await.unwrap();
-        broker.topology().declare(&channel).await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        Self {
-            _connection: connection,
-            channel,
-            exchange: broker.topology().writes_exchange,
-        }
-    }
-
-    /// Publishes one body with an optional message id and waits for the confirm.
-    pub async fn publish_raw(&self, body: &[u8], message_id: Option<&str>) {
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
-        if let Some(id) = message_id {
-            properties = properties.with_message_id(id.into());
-        }
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                "write".into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack(), "broker confirms the write");
-    }
-
-    /// Publishes a write message (its `write_id` as message id).
-    pub async fn publish(&self, message: &Value) {
-        let id = message["write_id"].as_str().map(str::to_string);
-        self.publish_raw(message.to_string().as_bytes(), id.as_deref())
-            .await;
-    }
-}
 
 /// A v1 write message.
 pub fn write(write_id: &str, issued_at: &str, ops: Value) -> Value {
@@ -224,52 +166,4 @@ impl EventTap {
             .expect("delivery");
         serde_json::from_slice(&delivery.data).expect("event is contract JSON")
     }
-}
-
-/// Makes the broker close every connection whose name mentions `prefix` (the
-/// workers' own): what a broker restart or a network cut does to them.
-/// Answers how many it closed.
-pub fn close_broker_connections(prefix: &str) -> usize {
-    let listing = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "--no-table-headers",
-            "-q",
-        ])
-        .output()
-        .expect("run rabbitmqctl (as root, beside the broker)");
-    let text = String::from_utf8_lossy(&listing.stdout);
-    let pids: Vec<&str> = text
-        .lines()
-        .filter(|line| line.contains(prefix))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    for pid in &pids {
-        let status = std::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "test: connection cut", "-q"])
-            .status()
-            .expect("run rabbitmqctl");
-        assert!(status.success(), "close_connection {pid}");
-    }
-    pids.len()
-}
-
-/// Messages ready in a queue.
-pub async fn queue_depth(broker: &TestBroker, queue: &str) -> u32 {
-    let conn = broker.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let count = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .unwrap()
-        .message_count();
-    channel.close(0, "done".into()).await.ok();
-    conn.close(0, "done".into()).await.ok();
-    count
 }
