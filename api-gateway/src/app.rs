@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::replicas::{self, Replica};
 use crate::settings::Settings;
 use crate::store::ReadStore;
+use crate::summary::Summary;
 use crate::{dockerflow, errors, invalidation, routes};
 
 /// Why the gateway could not start.
@@ -58,6 +59,7 @@ pub struct App {
     caching: CachePolicy,
     version: Arc<VersionInfo>,
     registry: prometheus::Registry,
+    summary: Summary,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -91,6 +93,7 @@ impl App {
         }
         let registry = shared::admin::registry("addonreg_gateway");
         let metrics = Metrics::register(&registry)?;
+        let summary = Summary::new(metrics.clone(), settings.request_log_sample)?;
         let store = ReadStore::new(replicas.clone(), settings.read_timeout());
         let (reads, cache) = CachedReads::new(
             store,
@@ -118,6 +121,7 @@ impl App {
             replicas,
             version: Arc::new(VersionInfo::load(&settings.version_file)),
             registry,
+            summary,
         })
     }
 
@@ -142,7 +146,11 @@ impl App {
             self.version.clone(),
         )
         .or(routes::routes(self.reads.clone(), self.caching.clone()))
-        .recover(errors::recover);
+        .recover(errors::recover)
+        .with(warp::log::custom({
+            let summary = self.summary.clone();
+            move |info| summary.record(&info)
+        }));
         tracing::info!(
             type = "gateway.start",
             listen = %self.public_addr(),

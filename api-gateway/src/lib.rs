@@ -15,6 +15,7 @@
 //!   single-record answers.
 //! - `dockerflow`: `/__lbheartbeat__`, `/__heartbeat__`, `/__version__`.
 //! - `errors`: the one mapping of failures to HTTP answers.
+//! - `summary`: per-request metrics and sampled `request.summary` log lines.
 
 pub mod app;
 pub mod cache;
@@ -27,6 +28,7 @@ pub mod replicas;
 pub mod routes;
 pub mod settings;
 pub mod store;
+pub mod summary;
 
 pub use app::App;
 pub use settings::Settings;

@@ -1,7 +1,9 @@
 //! Every Prometheus metric the gateway exports, declared and registered in
 //! one place (the registry adds the `addonreg_gateway_` prefix).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// The gateway's metrics. Cheap to clone: each field is a handle.
 #[derive(Debug, Clone)]
@@ -26,7 +28,18 @@ pub struct Metrics {
     pub invalidation_events: IntCounter,
     /// `broker_connected`: 1 while subscribed to invalidations, else 0.
     pub broker_connected: IntGauge,
+    /// `requests_total{route, status}`: answered requests, errors included;
+    /// `route` is the route pattern (see `summary::route_of`).
+    pub requests: IntCounterVec,
+    /// `request_duration_seconds{route}`: time to answer, errors included.
+    pub request_duration: HistogramVec,
 }
+
+/// Buckets of `request_duration_seconds`, from 50 µs to 1 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
 
 impl Metrics {
     /// Declares every metric and registers it in `registry`.
@@ -49,6 +62,17 @@ impl Metrics {
             "1 while subscribed to invalidation events.",
         )?;
         registry.register(Box::new(broker_connected.clone()))?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests answered, by route and status."),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Time to answer a request.")
+                .buckets(DURATION_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        registry.register(Box::new(request_duration.clone()))?;
         Ok(Self {
             cache_hits: counter("cache_hits_total", "Reads answered from memory.")?,
             cache_misses: counter("cache_misses_total", "Reads that queried the store.")?,
@@ -70,6 +94,8 @@ impl Metrics {
                 "Invalidation events received.",
             )?,
             broker_connected,
+            requests,
+            request_duration,
         })
     }
 }

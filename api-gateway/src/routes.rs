@@ -49,6 +49,19 @@ pub fn routes<R: Reads>(
         .unify()
         .or(receipt(reads))
         .unify()
+        .or(openapi())
+        .unify()
+}
+
+/// The OpenAPI document of the public API (CONTRACT "Read gateway"), kept
+/// true by `tests/gateway/openapi.rs`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `GET /v1/openapi.json`.
+fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "openapi.json")
+        .and(warp::get())
+        .map(|| json_bytes(StatusCode::OK, OPENAPI.as_bytes().to_vec()))
 }
 
 /// `GET` and `HEAD /v1/addons/{addon_id}/hashes/{sha256}`.

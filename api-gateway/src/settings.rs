@@ -76,6 +76,11 @@ pub struct Settings {
     )]
     pub cache_disconnected_ttl_ms: u64,
 
+    /// Share of requests logged as a `request.summary` line, from 0.0 (none)
+    /// to 1.0 (all). [env: ADDONREG_REQUEST_LOG_SAMPLE]
+    #[arg(long, env = "ADDONREG_REQUEST_LOG_SAMPLE", default_value_t = 1.0)]
+    pub request_log_sample: f64,
+
     #[command(flatten)]
     pub amqp: AmqpSettings,
 
@@ -122,6 +127,7 @@ mod tests {
         assert_eq!((s.cache_ttl_found_secs, s.cache_ttl_missing_secs), (60, 5));
         assert_eq!(s.cache_max_entries, 1_000_000);
         assert_eq!(s.cache_disconnected_ttl_ms, 1_000);
+        assert_eq!(s.request_log_sample, 1.0);
         let s = Settings::try_parse_from([
             "api-gateway",
             "--replica-urls",

@@ -4,4 +4,6 @@
 mod foundation;
 mod freshness;
 mod helpers;
+mod observability;
+mod openapi;
 mod reads;
