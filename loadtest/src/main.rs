@@ -35,23 +35,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ReadBenchArgs {
-    /// Superuser URL of the Postgres that holds the scratch database.
-    #[arg(
-        long,
-        env = "ADDONREG_TEST_ADMIN_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    admin_url: String,
-    /// The broker (the gateway subscribes to invalidations).
-    #[arg(
-        long,
-        env = "ADDONREG_TEST_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// Where the release binaries are (`cargo build --release`).
-    #[arg(long, default_value = "target/release")]
-    bin_dir: PathBuf,
+    #[command(flatten)]
+    target: TargetArgs,
     /// Records seeded.
     #[arg(long, default_value_t = 100_000)]
     records: usize,
@@ -63,8 +48,9 @@ struct ReadBenchArgs {
     seconds: u64,
 }
 
+/// Where a benchmark puts its scratch databases, broker names and binaries.
 #[derive(Debug, clap::Args)]
-struct WriteBench {
+struct TargetArgs {
     /// Superuser URL of the Postgres that holds the scratch databases.
     #[arg(
         long,
@@ -82,6 +68,22 @@ struct WriteBench {
     /// Where the release binaries are (`cargo build --release`).
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+}
+
+impl TargetArgs {
+    fn target(self) -> Target {
+        Target {
+            admin_url: self.admin_url,
+            amqp_url: self.amqp_url,
+            bin_dir: self.bin_dir,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct WriteBench {
+    #[command(flatten)]
+    target: TargetArgs,
     /// Single-op messages per scenario.
     #[arg(long, default_value_t = 20_000)]
     single_messages: usize,
@@ -119,11 +121,7 @@ async fn main() -> ExitCode {
 }
 
 async fn read_bench(args: ReadBenchArgs) -> Result<(), loadtest::BenchError> {
-    let target = Target {
-        admin_url: args.admin_url,
-        amqp_url: args.amqp_url,
-        bin_dir: args.bin_dir,
-    };
+    let target = args.target.target();
     let bench = reads::ReadBench {
         records: args.records,
         connections: args.connections,
@@ -135,11 +133,7 @@ async fn read_bench(args: ReadBenchArgs) -> Result<(), loadtest::BenchError> {
 }
 
 async fn write_bench(args: WriteBench) -> Result<(), loadtest::BenchError> {
-    let target = Target {
-        admin_url: args.admin_url,
-        amqp_url: args.amqp_url,
-        bin_dir: args.bin_dir,
-    };
+    let target = args.target.target();
     let limit = Duration::from_secs(args.limit_secs);
     let queue = baseline::quorum_queue(&target, args.single_messages).await?;
     let upsert = baseline::upsert_rows_per_sec(&target, args.bulk_messages * args.bulk_ops).await?;
