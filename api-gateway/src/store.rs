@@ -359,11 +359,7 @@ impl Reads for ReadStore {
     ) -> Result<Option<Record>, StoreError> {
         let row = self
             .on_a_replica("record", move |pool| async move {
-                sqlx::query_as::<_, RecordRow>(RECORD)
-                    .bind(addon_id.as_str())
-                    .bind(sha256.as_bytes().as_slice())
-                    .fetch_optional(&pool)
-                    .await
+                fetch_record(pool, addon_id, sha256).await
             })
             .await?;
         row.map(RecordRow::into_record).transpose()
@@ -406,12 +402,7 @@ impl Reads for ReadStore {
         };
         let rows = self
             .on_a_replica("list", move |pool| async move {
-                sqlx::query_as::<_, RecordRow>(LIST)
-                    .bind(addon_id.as_str())
-                    .bind(after)
-                    .bind(i64::from(limit) + 1)
-                    .fetch_all(&pool)
-                    .await
+                fetch_page(pool, addon_id, after, limit).await
             })
             .await?;
         rows.into_iter().map(RecordRow::into_record).collect()
@@ -425,11 +416,7 @@ impl Reads for ReadStore {
     ) -> Result<Fenced, StoreError> {
         let row = self
             .on_a_caught_up_replica("record_at_least", lsn, move |pool| async move {
-                sqlx::query_as::<_, RecordRow>(RECORD)
-                    .bind(addon_id.as_str())
-                    .bind(sha256.as_bytes().as_slice())
-                    .fetch_optional(&pool)
-                    .await
+                fetch_record(pool, addon_id, sha256).await
             })
             .await?;
         Ok(match row {
@@ -457,12 +444,7 @@ impl Reads for ReadStore {
         };
         let rows = self
             .on_a_caught_up_replica("list_at_least", lsn, move |pool| async move {
-                sqlx::query_as::<_, RecordRow>(LIST)
-                    .bind(addon_id.as_str())
-                    .bind(after_bytes)
-                    .bind(i64::from(limit) + 1)
-                    .fetch_all(&pool)
-                    .await
+                fetch_page(pool, addon_id, after_bytes, limit).await
             })
             .await?;
         match rows {
@@ -501,6 +483,34 @@ impl Reads for ReadStore {
             .await?;
         row.map(ReceiptRow::into_receipt).transpose()
     }
+}
+
+/// One record's row, as both the plain and the fenced reads fetch it.
+async fn fetch_record(
+    pool: PgPool,
+    addon_id: &AddonId,
+    sha256: &Sha256,
+) -> Result<Option<RecordRow>, sqlx::Error> {
+    sqlx::query_as::<_, RecordRow>(RECORD)
+        .bind(addon_id.as_str())
+        .bind(sha256.as_bytes().as_slice())
+        .fetch_optional(&pool)
+        .await
+}
+
+/// One listing page's rows (`limit + 1`, to tell whether a next page exists).
+async fn fetch_page(
+    pool: PgPool,
+    addon_id: &AddonId,
+    after: &[u8],
+    limit: u16,
+) -> Result<Vec<RecordRow>, sqlx::Error> {
+    sqlx::query_as::<_, RecordRow>(LIST)
+        .bind(addon_id.as_str())
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&pool)
+        .await
 }
 
 /// A live record's columns as stored.
