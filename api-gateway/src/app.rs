@@ -23,7 +23,7 @@ use crate::replicas::{self, Replica};
 use crate::settings::Settings;
 use crate::store::ReadStore;
 use crate::summary::Summary;
-use crate::{dockerflow, errors, invalidation, routes};
+use crate::{dockerflow, errors, invalidation, monitor, routes};
 
 /// Why the gateway could not start.
 #[derive(Debug, Error)]
@@ -52,6 +52,9 @@ pub struct App {
     admin: Option<TcpListener>,
     replicas: Arc<Vec<Replica>>,
     reads: CachedReads<ReadStore>,
+    store: ReadStore,
+    metrics: Metrics,
+    check_every: Duration,
     cache: CacheControl,
     amqp_url: Secret,
     topology: Topology,
@@ -84,9 +87,9 @@ impl App {
             Some(addr) => Some(bind("ADDONREG_METRICS_LISTEN", addr).await?),
             None => None,
         };
-        if settings.cache_max_entries == 0 {
+        if settings.replica_check_interval_ms == 0 {
             return Err(InvalidSetting {
-                variable: "ADDONREG_CACHE_MAX_ENTRIES",
+                variable: "ADDONREG_REPLICA_CHECK_INTERVAL_MS",
                 problem: "must be at least 1".into(),
             }
             .into());
@@ -96,19 +99,23 @@ impl App {
         let summary = Summary::new(metrics.clone(), settings.request_log_sample)?;
         let store = ReadStore::new(replicas.clone(), settings.read_timeout());
         let (reads, cache) = CachedReads::new(
-            store,
+            store.clone(),
             CacheConfig {
                 max_entries: settings.cache_max_entries,
+                max_bytes: settings.cache_max_bytes,
                 ttl_found: Duration::from_secs(settings.cache_ttl_found_secs.into()),
                 ttl_missing: Duration::from_secs(settings.cache_ttl_missing_secs.into()),
                 ttl_disconnected: Duration::from_millis(settings.cache_disconnected_ttl_ms),
             },
-            metrics,
+            metrics.clone(),
         );
         Ok(Self {
             public,
             admin,
             reads,
+            store,
+            metrics,
+            check_every: Duration::from_millis(settings.replica_check_interval_ms),
             cache,
             amqp_url: settings.amqp.url.clone(),
             topology: Topology::new(&settings.amqp.prefix),
@@ -178,7 +185,15 @@ impl App {
             self.cache.clone(),
             stop.clone(),
         );
-        tokio::join!(public, admin, signal, subscription);
+        let monitor = monitor::run(
+            self.replicas.clone(),
+            self.store.clone(),
+            self.cache.clone(),
+            self.metrics.clone(),
+            self.check_every,
+            stop.clone(),
+        );
+        tokio::join!(public, admin, signal, subscription, monitor);
         for replica in self.replicas.iter() {
             replica.pool.close().await;
         }

@@ -3,8 +3,11 @@
 //!
 //! Single-record reads are cached, found and missing alike, for
 //! `ADDONREG_CACHE_TTL_FOUND_SECS` / `_MISSING_SECS` (the same lifetimes the
-//! HTTP answers advertise), bounded by `ADDONREG_CACHE_MAX_ENTRIES`.
-//! Concurrent misses for one key share one query (moka's `try_get_with`).
+//! HTTP answers advertise), bounded by `ADDONREG_CACHE_MAX_ENTRIES` and
+//! `ADDONREG_CACHE_MAX_BYTES` (0 entries turns the cache off; fences stay).
+//! A found record is kept encoded ([`RecordAnswer`]: body and validators),
+//! so a hit costs no serialising or hashing. Concurrent misses for one key
+//! share one query (moka's `try_get_with`).
 //!
 //! Freshness rests on invalidation events. Each one bumps a global
 //! generation and records, per key, a fence (that generation and the
@@ -43,6 +46,7 @@ use shared::receipt::Receipt;
 use shared::record::Record;
 use shared::write::Pair;
 
+use crate::answer::RecordAnswer;
 use crate::metrics::Metrics;
 use crate::store::{Fenced, Reads, StoreError};
 
@@ -59,13 +63,16 @@ const FENCED_LOOKUPS_AT_ONCE: usize = 4;
 
 type Key = (AddonId, Sha256);
 
-/// A cached answer: the record or its absence, and how long it may live.
+/// A single-record read's answer: the encoded record, or `None`.
+pub type Answer = Option<Arc<RecordAnswer>>;
+
+/// A cached answer and how long it may live.
 /// moka applies per-entry expiry only once its housekeeping has seen the
 /// insert, so reads also check `expires_at` themselves: a short lifetime
 /// (while disconnected) must hold to the millisecond.
 #[derive(Debug, Clone)]
 struct Entry {
-    record: Option<Record>,
+    answer: Answer,
     ttl: Duration,
     expires_at: Instant,
 }
@@ -74,6 +81,19 @@ impl Entry {
     fn is_live(&self) -> bool {
         Instant::now() < self.expires_at
     }
+}
+
+/// About what one entry costs beyond its key's and answer's own bytes:
+/// moka's node, hash-table slot and deque links, and the `Arc`s.
+const ENTRY_OVERHEAD_BYTES: usize = 256;
+
+/// An entry's weight for the memory bound: its estimated bytes, but at
+/// least `floor` (the memory bound over the entry bound), so that both
+/// bounds hold with one moka capacity.
+fn weight(key: &Key, entry: &Entry, floor: u64) -> u32 {
+    let answer = entry.answer.as_ref().map_or(0, |a| a.heap_bytes());
+    let bytes = (key.0.as_str().len() + answer + ENTRY_OVERHEAD_BYTES) as u64;
+    u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
 }
 
 /// Each entry lives for the lifetime chosen when it was filled.
@@ -99,16 +119,19 @@ enum Fill {
     /// The store failed.
     Store(StoreError),
     /// Invalidated or cleared while the query ran: answer, don't cache.
-    Raced(Option<Record>),
+    Raced(Answer),
     /// No source had replayed the key's fence: answer, don't cache.
-    Behind(Option<Record>),
+    Behind(Answer),
 }
 
 /// Lifetimes and bounds of cached entries.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheConfig {
-    /// Most entries kept.
+    /// Most entries kept; 0 turns the cache off (every read queries, with
+    /// the same fences).
     pub max_entries: u64,
+    /// Most bytes the entries take, estimated.
+    pub max_bytes: u64,
     /// Lifetime of a found record.
     pub ttl_found: Duration,
     /// Lifetime of a "no record" entry.
@@ -116,6 +139,11 @@ pub struct CacheConfig {
     /// Longest lifetime while not subscribed to invalidations.
     pub ttl_disconnected: Duration,
 }
+
+/// Fences kept at least, also with a small (or no) cache: a fence must
+/// outlive its key's invalidation by [`FENCE_KEPT_FOR`] whatever the cache
+/// holds, so only a flood of over a million keys a minute can push one out.
+const FENCES_KEPT_AT_LEAST: u64 = 1_000_000;
 
 struct Shared {
     entries: moka::future::Cache<Key, Entry>,
@@ -143,8 +171,8 @@ impl Shared {
                 .is_some_and(|fence| fence.generation > started)
     }
 
-    fn ttl_for(&self, record: &Option<Record>) -> Duration {
-        let ttl = match record {
+    fn ttl_for(&self, answer: &Answer) -> Duration {
+        let ttl = match answer {
             Some(_) => self.config.ttl_found,
             None => self.config.ttl_missing,
         };
@@ -153,6 +181,10 @@ impl Shared {
         } else {
             ttl.min(self.config.ttl_disconnected)
         }
+    }
+
+    fn enabled(&self) -> bool {
+        self.config.max_entries > 0
     }
 }
 
@@ -216,9 +248,38 @@ impl CacheControl {
     pub fn is_subscribed(&self) -> bool {
         self.shared.subscribed.load(Ordering::SeqCst)
     }
+
+    /// The newest LSN of any invalidation lately: what every replica should
+    /// have replayed by now.
+    pub fn latest_lsn(&self) -> Option<Lsn> {
+        self.shared.latest.get(&())
+    }
+
+    /// Records how long after its commit an event was applied.
+    pub fn observe_delay(&self, delay: Duration) {
+        self.shared
+            .metrics
+            .invalidation_delay
+            .observe(delay.as_secs_f64());
+    }
+
+    /// Publishes the cache's size (entries, estimated bytes) as metrics,
+    /// after applying pending inserts and evictions (moka counts lazily).
+    pub async fn report_size(&self) {
+        let entries = &self.shared.entries;
+        entries.run_pending_tasks().await;
+        let metrics = &self.shared.metrics;
+        metrics
+            .cache_entries
+            .set(i64::try_from(entries.entry_count()).unwrap_or(i64::MAX));
+        metrics
+            .cache_weighted_bytes
+            .set(i64::try_from(entries.weighted_size()).unwrap_or(i64::MAX));
+    }
 }
 
-/// [`Reads`] with single-record answers kept in memory.
+/// The gateway's reads: single-record answers kept in memory, encoded, in
+/// front of a [`Reads`] store; every read fenced against replica lag.
 #[derive(Clone)]
 pub struct CachedReads<R> {
     store: R,
@@ -228,17 +289,20 @@ pub struct CachedReads<R> {
 impl<R: Reads> CachedReads<R> {
     /// A cache in front of `store`, and the handle that invalidates it.
     pub fn new(store: R, config: CacheConfig, metrics: Metrics) -> (Self, CacheControl) {
+        let floor = config.max_bytes / config.max_entries.max(1);
+        let fences_kept = config.max_entries.max(FENCES_KEPT_AT_LEAST);
         let shared = Arc::new(Shared {
             entries: moka::future::Cache::builder()
-                .max_capacity(config.max_entries)
+                .max_capacity(config.max_bytes)
+                .weigher(move |key, entry| weight(key, entry, floor))
                 .expire_after(EntryTtl)
                 .build(),
             fences: moka::sync::Cache::builder()
-                .max_capacity(config.max_entries)
+                .max_capacity(fences_kept)
                 .time_to_live(FENCE_KEPT_FOR)
                 .build(),
             addon_fences: moka::sync::Cache::builder()
-                .max_capacity(config.max_entries)
+                .max_capacity(fences_kept)
                 .time_to_live(FENCE_KEPT_FOR)
                 .build(),
             latest: moka::sync::Cache::builder()
@@ -257,62 +321,73 @@ impl<R: Reads> CachedReads<R> {
         (Self { store, shared }, control)
     }
 
+    /// Queries the store for one key, fenced when the key has a fence, and
+    /// decides whether the answer may be cached: `Err` when it may not.
+    async fn fill(&self, key: &Key, started: u64) -> Result<Entry, Fill> {
+        let shared = &self.shared;
+        let metrics = &shared.metrics;
+        let (addon_id, sha256) = key;
+        let (record, caught_up) = match shared.fences.get(key) {
+            None => {
+                metrics.store_queries.with_label_values(&["record"]).inc();
+                let record = self.store.record(addon_id, sha256).await;
+                (record.map_err(Fill::Store)?, true)
+            }
+            Some(fence) => {
+                metrics
+                    .store_queries
+                    .with_label_values(&["record_fenced"])
+                    .inc();
+                let Fenced { record, caught_up } = self
+                    .store
+                    .record_at_least(addon_id, sha256, fence.lsn)
+                    .await
+                    .map_err(Fill::Store)?;
+                (record, caught_up)
+            }
+        };
+        let answer = encode(record).map_err(Fill::Store)?;
+        if shared.changed_since(key, started) {
+            metrics.cache_fill_discarded.inc();
+            return Err(Fill::Raced(answer));
+        }
+        if !caught_up {
+            metrics.cache_fill_discarded.inc();
+            return Err(Fill::Behind(answer));
+        }
+        let ttl = shared.ttl_for(&answer);
+        let expires_at = Instant::now() + ttl;
+        Ok(Entry {
+            answer,
+            ttl,
+            expires_at,
+        })
+    }
+
     /// One attempt at a cached read. `Err(None)` asks the caller to start
     /// over: it joined a fill that an invalidation made old.
-    async fn record_once(
-        &self,
-        addon_id: &AddonId,
-        sha256: &Sha256,
-        last_try: bool,
-    ) -> Result<Option<Record>, Option<StoreError>> {
+    async fn answer_once(&self, key: &Key, last_try: bool) -> Result<Answer, Option<StoreError>> {
         let shared = &self.shared;
-        let key = (addon_id.clone(), *sha256);
-        if let Some(entry) = shared.entries.get(&key).await {
+        if !shared.enabled() {
+            shared.metrics.cache_misses.inc();
+            return match self.fill(key, 0).await {
+                Ok(entry) => Ok(entry.answer),
+                Err(Fill::Store(e)) => Err(Some(e)),
+                Err(Fill::Raced(answer) | Fill::Behind(answer)) => Ok(answer),
+            };
+        }
+        if let Some(entry) = shared.entries.get(key).await {
             if entry.is_live() {
                 shared.metrics.cache_hits.inc();
-                return Ok(entry.record);
+                return Ok(entry.answer);
             }
-            shared.entries.invalidate(&key).await;
+            shared.entries.invalidate(key).await;
         }
         let started = shared.generation.load(Ordering::SeqCst);
         let ran = AtomicBool::new(false);
         let fill = async {
             ran.store(true, Ordering::SeqCst);
-            let metrics = &shared.metrics;
-            let (record, caught_up) = match shared.fences.get(&key) {
-                None => {
-                    metrics.store_queries.with_label_values(&["record"]).inc();
-                    let record = self.store.record(addon_id, sha256).await;
-                    (record.map_err(Fill::Store)?, true)
-                }
-                Some(fence) => {
-                    metrics
-                        .store_queries
-                        .with_label_values(&["record_fenced"])
-                        .inc();
-                    let Fenced { record, caught_up } = self
-                        .store
-                        .record_at_least(addon_id, sha256, fence.lsn)
-                        .await
-                        .map_err(Fill::Store)?;
-                    (record, caught_up)
-                }
-            };
-            if shared.changed_since(&key, started) {
-                metrics.cache_fill_discarded.inc();
-                return Err(Fill::Raced(record));
-            }
-            if !caught_up {
-                metrics.cache_fill_discarded.inc();
-                return Err(Fill::Behind(record));
-            }
-            let ttl = shared.ttl_for(&record);
-            let expires_at = Instant::now() + ttl;
-            Ok(Entry {
-                record,
-                ttl,
-                expires_at,
-            })
+            self.fill(key, started).await
         };
         let outcome = shared.entries.try_get_with(key.clone(), fill).await;
         let ran = ran.load(Ordering::SeqCst);
@@ -321,50 +396,51 @@ impl<R: Reads> CachedReads<R> {
         } else {
             shared.metrics.cache_coalesced.inc();
         }
-        if shared.changed_since(&key, started) {
+        if shared.changed_since(key, started) {
             // An insert may have landed after the invalidation's eviction.
-            shared.entries.invalidate(&key).await;
+            shared.entries.invalidate(key).await;
         }
         match outcome {
-            Ok(entry) => Ok(entry.record),
+            Ok(entry) => Ok(entry.answer),
             Err(fill) => match fill.as_ref() {
                 Fill::Store(e) => Err(Some(e.clone())),
                 Fill::Raced(_) if !ran && !last_try => Err(None),
-                Fill::Raced(record) | Fill::Behind(record) => Ok(record.clone()),
+                Fill::Raced(answer) | Fill::Behind(answer) => Ok(answer.clone()),
             },
         }
     }
-}
 
-impl<R: Reads> Reads for CachedReads<R> {
-    async fn record(
-        &self,
-        addon_id: &AddonId,
-        sha256: &Sha256,
-    ) -> Result<Option<Record>, StoreError> {
+    /// The answer for one pair: from memory when cached, else from the
+    /// store (one query for concurrent misses of the same pair).
+    pub async fn answer(&self, addon_id: &AddonId, sha256: &Sha256) -> Result<Answer, StoreError> {
+        let key = (addon_id.clone(), *sha256);
         let mut tries = 0;
         loop {
             tries += 1;
-            match self
-                .record_once(addon_id, sha256, tries > RETRIES_AFTER_RACE)
-                .await
-            {
-                Ok(record) => return Ok(record),
+            match self.answer_once(&key, tries > RETRIES_AFTER_RACE).await {
+                Ok(answer) => return Ok(answer),
                 Err(Some(e)) => return Err(e),
                 Err(None) => {}
             }
         }
     }
 
-    async fn lookup(&self, keys: &[(AddonId, Sha256)]) -> Result<Vec<Option<Record>>, StoreError> {
+    /// The answer for each pair, in order: cached ones from memory, fenced
+    /// ones through [`Self::answer`], the rest in one query (not cached: a
+    /// bulk lookup must not push the hot keys out).
+    pub async fn lookup(&self, keys: &[(AddonId, Sha256)]) -> Result<Vec<Answer>, StoreError> {
         let shared = &self.shared;
         let mut results = vec![None; keys.len()];
         let mut rest = Vec::new();
         let mut fenced = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            if let Some(entry) = shared.entries.get(key).await.filter(Entry::is_live) {
+            let cached = match shared.enabled() {
+                true => shared.entries.get(key).await.filter(Entry::is_live),
+                false => None,
+            };
+            if let Some(entry) = cached {
                 shared.metrics.cache_hits.inc();
-                results[i] = entry.record;
+                results[i] = entry.answer;
             } else if shared.fences.contains_key(key) {
                 fenced.push(i);
             } else {
@@ -372,13 +448,13 @@ impl<R: Reads> Reads for CachedReads<R> {
             }
         }
         // A few at a time: each is a query (or two), and the pool is small.
-        let records: Vec<Option<Record>> = futures_util::stream::iter(fenced.clone())
-            .map(|i| self.record(&keys[i].0, &keys[i].1))
+        let answers: Vec<Answer> = futures_util::stream::iter(fenced.clone())
+            .map(|i| self.answer(&keys[i].0, &keys[i].1))
             .buffered(FENCED_LOOKUPS_AT_ONCE)
             .try_collect()
             .await?;
-        for (i, record) in fenced.into_iter().zip(records) {
-            results[i] = record;
+        for (i, answer) in fenced.into_iter().zip(answers) {
+            results[i] = answer;
         }
         if !rest.is_empty() {
             let unfenced: Vec<Key> = rest.iter().map(|&i| keys[i].clone()).collect();
@@ -389,13 +465,15 @@ impl<R: Reads> Reads for CachedReads<R> {
                 .inc();
             let found = self.store.lookup(&unfenced).await?;
             for (i, record) in rest.into_iter().zip(found) {
-                results[i] = record;
+                results[i] = encode(record)?;
             }
         }
         Ok(results)
     }
 
-    async fn list(
+    /// A listing page (see [`Reads::list`]), from a source that has replayed
+    /// the add-on's fence when it has one.
+    pub async fn list(
         &self,
         addon_id: &AddonId,
         after: Option<Sha256>,
@@ -407,7 +485,9 @@ impl<R: Reads> Reads for CachedReads<R> {
         }
     }
 
-    async fn receipt(&self, write_id: &WriteId) -> Result<Option<Receipt>, StoreError> {
+    /// A write's receipt; when not found while events arrived lately, asked
+    /// again of a source that has replayed the latest.
+    pub async fn receipt(&self, write_id: &WriteId) -> Result<Option<Receipt>, StoreError> {
         match self.store.receipt(write_id).await? {
             Some(receipt) => Ok(Some(receipt)),
             None => match self.shared.latest.get(&()) {
@@ -416,6 +496,17 @@ impl<R: Reads> Reads for CachedReads<R> {
             },
         }
     }
+}
+
+/// Encodes a record read from the store.
+fn encode(record: Option<Record>) -> Result<Answer, StoreError> {
+    record
+        .map(|record| {
+            RecordAnswer::of(&record)
+                .map(Arc::new)
+                .map_err(|e| StoreError::CorruptRow(format!("encode record: {e}")))
+        })
+        .transpose()
 }
 
 #[cfg(test)]
@@ -511,6 +602,7 @@ mod tests {
             store,
             CacheConfig {
                 max_entries: 100,
+                max_bytes: 1 << 20,
                 ttl_found: Duration::from_secs(60),
                 ttl_missing: Duration::from_secs(60),
                 ttl_disconnected: Duration::from_secs(60),
@@ -521,8 +613,9 @@ mod tests {
         (reads, control)
     }
 
-    fn version(record: Option<Record>) -> String {
-        record.unwrap().version.unwrap().as_str().to_string()
+    fn version(answer: Answer) -> String {
+        let record: serde_json::Value = serde_json::from_slice(&answer.unwrap().body).unwrap();
+        record["version"].as_str().unwrap().to_string()
     }
 
     fn pair() -> Pair {
@@ -537,7 +630,7 @@ mod tests {
         let (a, s) = key();
         let slow = tokio::spawn({
             let (reads, a, s) = (reads.clone(), a.clone(), s);
-            async move { reads.record(&a, &s).await }
+            async move { reads.answer(&a, &s).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         store.set("2.0");
@@ -545,8 +638,8 @@ mod tests {
         // The fill that began before the invalidation answers its old value…
         assert_eq!(version(slow.await.unwrap().unwrap()), "1.0");
         // …but didn't cache it.
-        assert_eq!(version(reads.record(&a, &s).await.unwrap()), "2.0");
-        assert_eq!(version(reads.record(&a, &s).await.unwrap()), "2.0");
+        assert_eq!(version(reads.answer(&a, &s).await.unwrap()), "2.0");
+        assert_eq!(version(reads.answer(&a, &s).await.unwrap()), "2.0");
         assert_eq!(store.queries(), 2, "the second read was cached");
     }
 
@@ -555,7 +648,7 @@ mod tests {
         let store = SlowStore::new(Duration::from_millis(100));
         let (reads, _control) = cache(store.clone());
         let (a, s) = key();
-        let all = futures_util::future::join_all((0..50).map(|_| reads.record(&a, &s))).await;
+        let all = futures_util::future::join_all((0..50).map(|_| reads.answer(&a, &s))).await;
         assert!(all.into_iter().all(|r| version(r.unwrap()) == "1.0"));
         assert_eq!(store.queries(), 1);
     }
@@ -567,8 +660,8 @@ mod tests {
         let (reads, control) = cache(store.clone());
         let (a, s) = key();
         control.invalidate(vec![pair()], Lsn(1)).await;
-        reads.record(&a, &s).await.unwrap();
-        reads.record(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
         assert_eq!(store.queries(), 2);
         // Lookups of a fenced key take the same path.
         reads.lookup(&[key()]).await.unwrap();
@@ -581,6 +674,7 @@ mod tests {
         let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let config = CacheConfig {
             max_entries: 100,
+            max_bytes: 1 << 20,
             ttl_found: Duration::from_secs(60),
             ttl_missing: Duration::from_secs(60),
             ttl_disconnected: Duration::from_millis(100),
@@ -588,15 +682,15 @@ mod tests {
         let (reads, control) = CachedReads::new(store.clone(), config, metrics);
         control.subscribed();
         let (a, s) = key();
-        reads.record(&a, &s).await.unwrap();
-        reads.record(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
         assert_eq!(store.queries(), 1);
         control.unsubscribed();
-        reads.record(&a, &s).await.unwrap();
-        reads.record(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
         assert_eq!(store.queries(), 2, "dropped, then cached briefly");
         tokio::time::sleep(Duration::from_millis(150)).await;
-        reads.record(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
         assert_eq!(store.queries(), 3, "expired after the short lifetime");
     }
 
@@ -607,13 +701,81 @@ mod tests {
         let (a, s) = key();
         let slow = tokio::spawn({
             let (reads, a, s) = (reads.clone(), a.clone(), s);
-            async move { reads.record(&a, &s).await }
+            async move { reads.answer(&a, &s).await }
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         store.set("2.0");
         control.subscribed();
         slow.await.unwrap().unwrap();
-        assert_eq!(version(reads.record(&a, &s).await.unwrap()), "2.0");
+        assert_eq!(version(reads.answer(&a, &s).await.unwrap()), "2.0");
         assert_eq!(store.queries(), 2);
+    }
+
+    fn config(max_entries: u64, max_bytes: u64) -> CacheConfig {
+        CacheConfig {
+            max_entries,
+            max_bytes,
+            ttl_found: Duration::from_secs(60),
+            ttl_missing: Duration::from_secs(60),
+            ttl_disconnected: Duration::from_secs(60),
+        }
+    }
+
+    fn nth_key(i: u8) -> (AddonId, Sha256) {
+        (AddonId::parse("a@b").unwrap(), Sha256::from_bytes([i; 32]))
+    }
+
+    #[tokio::test]
+    async fn a_disabled_cache_queries_every_read_and_still_fences() {
+        let mut store = SlowStore::new(Duration::ZERO);
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let (reads, control) = CachedReads::new(store.clone(), config(0, 0), metrics.clone());
+        control.subscribed();
+        let (a, s) = key();
+        reads.answer(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
+        assert_eq!(store.queries(), 2);
+        assert_eq!(metrics.cache_hits.get(), 0);
+        control.invalidate(vec![pair()], Lsn(1)).await;
+        store.set("2.0");
+        assert_eq!(version(reads.answer(&a, &s).await.unwrap()), "2.0");
+        assert_eq!(
+            metrics
+                .store_queries
+                .with_label_values(&["record_fenced"])
+                .get(),
+            1,
+            "a fenced key is read from a source that replayed its fence"
+        );
+        store.caught_up = false;
+        let (reads, _control) = CachedReads::new(store.clone(), config(0, 0), metrics);
+        assert!(reads.answer(&a, &s).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn both_bounds_hold() {
+        let store = SlowStore::new(Duration::ZERO);
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        // By entries: 10 entries, memory to spare.
+        let (reads, control) =
+            CachedReads::new(store.clone(), config(10, 1 << 30), metrics.clone());
+        control.subscribed();
+        for i in 0..100 {
+            let (a, s) = nth_key(i);
+            reads.answer(&a, &s).await.unwrap();
+        }
+        reads.shared.entries.run_pending_tasks().await;
+        assert!(reads.shared.entries.entry_count() <= 10);
+        // By memory: room for about 8 entries of ~500 bytes, entries to spare.
+        let (reads, control) = CachedReads::new(store, config(1000, 4096), metrics);
+        control.subscribed();
+        for i in 0..100 {
+            let (a, s) = nth_key(i);
+            reads.answer(&a, &s).await.unwrap();
+        }
+        reads.shared.entries.run_pending_tasks().await;
+        let entries = reads.shared.entries.entry_count();
+        assert!(entries > 0 && entries <= 8, "{entries} entries");
+        assert!(reads.shared.entries.weighted_size() <= 4096);
     }
 }

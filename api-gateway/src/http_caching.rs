@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use headers::{HeaderMapExt, IfModifiedSince, LastModified};
 use sha2::{Digest, Sha256};
-use warp::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
+use warp::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH, LAST_MODIFIED};
 use warp::http::{HeaderMap, HeaderValue};
 
 use shared::domain::Timestamp;
@@ -46,13 +46,16 @@ fn public_max_age(secs: u32) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("no-cache"))
 }
 
-/// What identifies one version of a record's answer.
+/// What identifies one version of a record's answer, as header values ready
+/// to send: computed once per cached answer, cloned (a reference count) per hit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validators {
-    /// The opaque part of the strong `ETag` (without quotes).
-    etag: String,
+    /// The strong `ETag`, quotes included.
+    etag: HeaderValue,
     /// `updated_at`, truncated to the second (HTTP dates have no fraction).
     last_modified: SystemTime,
+    /// `last_modified` as an HTTP date.
+    last_modified_header: HeaderValue,
 }
 
 impl Validators {
@@ -60,29 +63,45 @@ impl Validators {
     /// to tell versions of one record apart, short on the wire.
     const ETAG_HEX_LEN: usize = 32;
 
+    /// About what the two header values hold on the heap (their bytes and
+    /// allocation headers), for the cache's memory bound.
+    pub const HEAP_BYTES: usize = 2 * 64;
+
     /// The validators of a record's answer `body`. The `ETag` digests the
     /// whole body, so any change of the record changes it, also two within
     /// one second (the body's times have microseconds).
     pub fn of(body: &[u8], updated_at: Timestamp) -> Self {
         let digest = Sha256::digest(body);
-        let mut etag = String::with_capacity(Self::ETAG_HEX_LEN);
+        let mut etag = String::with_capacity(Self::ETAG_HEX_LEN + 2);
+        etag.push('"');
         for byte in &digest[..Self::ETAG_HEX_LEN / 2] {
             let _ = write!(etag, "{byte:02x}");
         }
+        etag.push('"');
         let seconds = u64::try_from(updated_at.unix_seconds()).unwrap_or(0);
+        let last_modified = UNIX_EPOCH + Duration::from_secs(seconds);
+        let mut dated = HeaderMap::new();
+        dated.typed_insert(LastModified::from(last_modified));
         Self {
-            etag,
-            last_modified: UNIX_EPOCH + Duration::from_secs(seconds),
+            // Quotes and hex digits only: always a valid header value.
+            etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
+            last_modified,
+            last_modified_header: dated
+                .remove(LAST_MODIFIED)
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
         }
+    }
+
+    /// The `ETag` without its quotes.
+    fn opaque(&self) -> &[u8] {
+        let quoted = self.etag.as_bytes();
+        &quoted[1..quoted.len() - 1]
     }
 
     /// Sets `ETag` and `Last-Modified`.
     pub fn write(&self, headers: &mut HeaderMap) {
-        // Hex digits and quotes only: always a valid header value.
-        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", self.etag)) {
-            headers.insert(ETAG, etag);
-        }
-        headers.typed_insert(LastModified::from(self.last_modified));
+        headers.insert(ETAG, self.etag.clone());
+        headers.insert(LAST_MODIFIED, self.last_modified_header.clone());
     }
 }
 
@@ -112,7 +131,7 @@ impl Preconditions {
             return self
                 .if_none_match
                 .iter()
-                .any(|line| etag_list_matches(line.as_bytes(), &current.etag));
+                .any(|line| etag_list_matches(line.as_bytes(), current.opaque()));
         }
         self.if_modified_since
             .as_ref()
@@ -123,7 +142,7 @@ impl Preconditions {
 /// Whether an `If-None-Match` line (`*`, or entity tags separated by
 /// commas) names `opaque`, with the weak comparison (`W/"x"` matches `"x"`).
 /// Parsing stops at the first malformed tag.
-fn etag_list_matches(mut line: &[u8], opaque: &str) -> bool {
+fn etag_list_matches(mut line: &[u8], opaque: &[u8]) -> bool {
     loop {
         while let [b' ' | b'\t' | b',', rest @ ..] = line {
             line = rest;
@@ -141,7 +160,7 @@ fn etag_list_matches(mut line: &[u8], opaque: &str) -> bool {
         let Some(end) = tag.iter().position(|&c| c == b'"') else {
             return false;
         };
-        if &tag[..end] == opaque.as_bytes() {
+        if &tag[..end] == opaque {
             return true;
         }
         line = &tag[end + 1..];
@@ -170,22 +189,24 @@ mod tests {
         let a = Validators::of(br#"{"updated_at":"2026-11-22T10:00:00.000001Z"}"#, t);
         let b = Validators::of(br#"{"updated_at":"2026-11-22T10:00:00.000002Z"}"#, t);
         assert_ne!(a.etag, b.etag);
-        assert_eq!(a.etag.len(), 32);
+        assert_eq!(a.opaque().len(), 32);
         assert!(
-            a.etag
-                .bytes()
+            a.opaque()
+                .iter()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
         let mut headers = HeaderMap::new();
         a.write(&mut headers);
-        assert_eq!(headers[ETAG], format!("\"{}\"", a.etag).as_str());
+        assert_eq!(headers[ETAG], a.etag);
+        assert_eq!(headers[ETAG].as_bytes()[1..33], *a.opaque());
         assert_eq!(headers["last-modified"], "Sun, 22 Nov 2026 10:00:00 GMT");
     }
 
     #[test]
     fn if_none_match_lists() {
         let v = Validators::of(b"x", at("2026-11-22T10:00:00Z"));
-        let quoted = format!("\"{}\"", v.etag);
+        let opaque = String::from_utf8(v.opaque().to_vec()).unwrap();
+        let quoted = format!("\"{opaque}\"");
         let matching = [
             quoted.clone(),
             format!("W/{quoted}"),
@@ -194,10 +215,10 @@ mod tests {
             "*".to_string(),
         ];
         for line in &matching {
-            assert!(etag_list_matches(line.as_bytes(), &v.etag), "{line}");
+            assert!(etag_list_matches(line.as_bytes(), v.opaque()), "{line}");
         }
-        for line in ["\"other\"", "", "garbage", &v.etag, "\"unterminated"] {
-            assert!(!etag_list_matches(line.as_bytes(), &v.etag), "{line}");
+        for line in ["\"other\"", "", "garbage", &opaque, "\"unterminated"] {
+            assert!(!etag_list_matches(line.as_bytes(), v.opaque()), "{line}");
         }
     }
 

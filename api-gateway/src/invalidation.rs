@@ -10,18 +10,18 @@
 //! (it drops everything: events were missed) and when it ends (short
 //! lifetimes until the next one).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use shared::event::InvalidationEvent;
 use shared::settings::Secret;
-use shared::topology::{REPLY_SUCCESS, Topology};
+use shared::topology::{COMMITTED_AT_HEADER, REPLY_SUCCESS, Topology};
 
 use crate::cache::CacheControl;
 
@@ -145,7 +145,12 @@ async fn consume(
             next = events.next() => next.ok_or(SubscriptionError::Ended)??,
         };
         match serde_json::from_slice::<InvalidationEvent>(&delivery.data) {
-            Ok(event) => cache.invalidate(event.keys, event.lsn).await,
+            Ok(event) => {
+                cache.invalidate(event.keys, event.lsn).await;
+                if let Some(delay) = delay_since_commit(&delivery.properties) {
+                    cache.observe_delay(delay);
+                }
+            }
             Err(e) => {
                 // Some keys changed and we can't tell which: drop them all.
                 tracing::error!(
@@ -157,4 +162,20 @@ async fn consume(
             }
         }
     }
+}
+
+/// Time since the worker committed the event's change (its
+/// [`COMMITTED_AT_HEADER`]), if it says; clocks apart count as no delay.
+fn delay_since_commit(properties: &BasicProperties) -> Option<Duration> {
+    let headers = properties.headers().as_ref()?;
+    let micros = match headers.inner().get(COMMITTED_AT_HEADER)? {
+        AMQPValue::LongLongInt(micros) => u64::try_from(*micros).ok()?,
+        _ => return None,
+    };
+    let committed_at = UNIX_EPOCH + Duration::from_micros(micros);
+    Some(
+        SystemTime::now()
+            .duration_since(committed_at)
+            .unwrap_or(Duration::ZERO),
+    )
 }

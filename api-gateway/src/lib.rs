@@ -6,10 +6,12 @@
 //! - `replicas`: one pool per read replica and their health.
 //! - `store`: the reads (`Reads`) and their SQL over the replicas, with
 //!   round-robin and failover between them; rows decoded into domain types.
+//! - `answer`: a found record's encoded body and validators, as cached.
 //! - `cache`: the in-memory record cache in front of the store, with its
 //!   fences against stale refills.
 //! - `invalidation`: the broker subscription that evicts and fences keys.
 //! - `metrics`: every Prometheus metric of the gateway.
+//! - `monitor`: background replica health checks, lag and cache size.
 //! - `routes`: the read API's filters and handlers; inputs parsed at the edge.
 //! - `http_caching`: `ETag`, `Last-Modified`, `Cache-Control` and 304s of
 //!   single-record answers.
@@ -17,6 +19,7 @@
 //! - `errors`: the one mapping of failures to HTTP answers.
 //! - `summary`: per-request metrics and sampled `request.summary` log lines.
 
+pub mod answer;
 pub mod app;
 pub mod cache;
 pub mod dockerflow;
@@ -24,6 +27,7 @@ pub mod errors;
 pub mod http_caching;
 pub mod invalidation;
 pub mod metrics;
+pub mod monitor;
 pub mod replicas;
 pub mod routes;
 pub mod settings;

@@ -2,7 +2,8 @@
 //! one place (the registry adds the `addonreg_gateway_` prefix).
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The gateway's metrics. Cheap to clone: each field is a handle.
@@ -33,6 +34,21 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `request_duration_seconds{route}`: time to answer, errors included.
     pub request_duration: HistogramVec,
+    /// `cache_entries`: entries cached (approximate, updated every check).
+    pub cache_entries: IntGauge,
+    /// `cache_weighted_bytes`: the entries' estimated bytes, against
+    /// `ADDONREG_CACHE_MAX_BYTES`.
+    pub cache_weighted_bytes: IntGauge,
+    /// `replica_healthy{replica}`: 1 when the last background check
+    /// answered, else 0.
+    pub replica_healthy: IntGaugeVec,
+    /// `replica_lag_bytes{replica}`: WAL bytes between the newest
+    /// invalidation's LSN and what the replica has replayed (0 for a primary
+    /// or when caught up).
+    pub replica_lag_bytes: IntGaugeVec,
+    /// `invalidation_delay_seconds`: from a worker's commit to this gateway
+    /// evicting its keys (the freshness delay, by the worker's clock).
+    pub invalidation_delay: Histogram,
 }
 
 /// Buckets of `request_duration_seconds`, from 50 µs to 1 s.
@@ -73,7 +89,39 @@ impl Metrics {
             &["route"],
         )?;
         registry.register(Box::new(request_duration.clone()))?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let per_replica = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["replica"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let invalidation_delay = Histogram::with_opts(
+            HistogramOpts::new(
+                "invalidation_delay_seconds",
+                "From a worker's commit to the gateway evicting its keys.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(invalidation_delay.clone()))?;
         Ok(Self {
+            cache_entries: gauge("cache_entries", "Entries cached (approximate).")?,
+            cache_weighted_bytes: gauge(
+                "cache_weighted_bytes",
+                "Estimated bytes of the cached entries.",
+            )?,
+            replica_healthy: per_replica(
+                "replica_healthy",
+                "1 when the replica answered its last health check.",
+            )?,
+            replica_lag_bytes: per_replica(
+                "replica_lag_bytes",
+                "WAL bytes the replica has yet to replay up to the newest invalidation.",
+            )?,
+            invalidation_delay,
             cache_hits: counter("cache_hits_total", "Reads answered from memory.")?,
             cache_misses: counter("cache_misses_total", "Reads that queried the store.")?,
             cache_coalesced: counter(

@@ -5,6 +5,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use shared::db;
+use shared::event::Lsn;
 use shared::settings::{InvalidSetting, PoolSettings, Secret};
 
 /// How long a health check may take before the replica counts as down.
@@ -28,13 +29,50 @@ pub enum Health {
     Down,
 }
 
+/// What a probe found: how far a replica has replayed, if it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Not in recovery: a primary has everything.
+    Primary,
+    /// A standby that has replayed up to this LSN (`None`: nothing yet).
+    Standby(Option<Lsn>),
+    /// Failed or timed out.
+    Down,
+}
+
+impl Replay {
+    /// WAL bytes between `target` and what was replayed; 0 for a primary.
+    /// A standby that is down or has replayed nothing is `None`: unknown.
+    pub fn lag_behind(self, target: Lsn) -> Option<u64> {
+        match self {
+            Replay::Primary => Some(0),
+            Replay::Standby(Some(replayed)) => Some(target.0.saturating_sub(replayed.0)),
+            Replay::Standby(None) | Replay::Down => None,
+        }
+    }
+}
+
 impl Replica {
-    /// Whether it answers a trivial query within [`CHECK_TIMEOUT`].
+    /// Whether it answers within [`CHECK_TIMEOUT`].
     pub async fn check(&self) -> Health {
-        let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool);
+        match self.probe().await {
+            Replay::Down => Health::Down,
+            Replay::Primary | Replay::Standby(_) => Health::Up,
+        }
+    }
+
+    /// How far it has replayed, asked within [`CHECK_TIMEOUT`].
+    pub async fn probe(&self) -> Replay {
+        let query = sqlx::query_as::<_, (bool, Option<String>)>(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text",
+        )
+        .fetch_one(&self.pool);
         match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-            Ok(Ok(_)) => Health::Up,
-            _ => Health::Down,
+            Ok(Ok((false, _))) => Replay::Primary,
+            Ok(Ok((true, replayed))) => {
+                Replay::Standby(replayed.and_then(|lsn| lsn.parse::<Lsn>().ok()))
+            }
+            _ => Replay::Down,
         }
     }
 }
@@ -53,4 +91,25 @@ pub fn connect(urls: &[Secret], pool: &PoolSettings) -> Result<Vec<Replica>, Inv
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_measured_against_the_newest_event() {
+        let target = Lsn(1_000);
+        assert_eq!(Replay::Primary.lag_behind(target), Some(0));
+        assert_eq!(
+            Replay::Standby(Some(Lsn(400))).lag_behind(target),
+            Some(600)
+        );
+        assert_eq!(
+            Replay::Standby(Some(Lsn(2_000))).lag_behind(target),
+            Some(0)
+        );
+        assert_eq!(Replay::Standby(None).lag_behind(target), None);
+        assert_eq!(Replay::Down.lag_behind(target), None);
+    }
 }

@@ -20,11 +20,14 @@ use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::{Buf, Filter, Rejection};
 
+use bytes::Bytes;
 use shared::domain::{AddonId, Sha256, WriteId};
 use shared::record::Record;
 
+use crate::answer::RecordAnswer;
+use crate::cache::{Answer, CachedReads};
 use crate::errors::ApiError;
-use crate::http_caching::{CachePolicy, Preconditions, Validators};
+use crate::http_caching::{CachePolicy, Preconditions};
 use crate::store::Reads;
 
 /// Most items in one lookup (inclusive).
@@ -39,7 +42,7 @@ pub const LIST_DEFAULT_LIMIT: u16 = 100;
 
 /// Every read route.
 pub fn routes<R: Reads>(
-    reads: R,
+    reads: CachedReads<R>,
     caching: CachePolicy,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     record(reads.clone(), caching)
@@ -66,7 +69,7 @@ fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
 
 /// `GET` and `HEAD /v1/addons/{addon_id}/hashes/{sha256}`.
 fn record<R: Reads>(
-    reads: R,
+    reads: CachedReads<R>,
     caching: CachePolicy,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "addons" / Segment / "hashes" / Segment)
@@ -89,15 +92,15 @@ fn record<R: Reads>(
 }
 
 async fn get_record<R: Reads>(
-    reads: R,
+    reads: CachedReads<R>,
     caching: CachePolicy,
     addon_id: AddonId,
     sha256: Sha256,
     method: Method,
     pre: Preconditions,
 ) -> Response {
-    let response = match reads.record(&addon_id, &sha256).await {
-        Ok(Some(record)) => found(&record, &pre, &caching),
+    let response = match reads.answer(&addon_id, &sha256).await {
+        Ok(Some(answer)) => found(&answer, &pre, &caching),
         Ok(None) => {
             let mut response = ApiError::NotFound(NO_RECORD).response();
             caching.mark_missing(response.headers_mut());
@@ -115,78 +118,76 @@ async fn get_record<R: Reads>(
 const NO_RECORD: &str = "no record of this add-on file";
 
 /// A found record's 200, or 304 when the client's copy is current; both
-/// with validators and `Cache-Control`.
-fn found(record: &Record, pre: &Preconditions, caching: &CachePolicy) -> Response {
-    let body = match serde_json::to_vec(record) {
-        Ok(body) => body,
-        Err(e) => return ApiError::Internal(format!("serialise record: {e}")).response(),
-    };
-    let validators = Validators::of(&body, record.updated_at);
-    let mut response = if pre.not_modified(&validators) {
+/// with validators and `Cache-Control`. The body and validators were encoded
+/// when the answer was cached: a hit only copies references.
+fn found(answer: &RecordAnswer, pre: &Preconditions, caching: &CachePolicy) -> Response {
+    let mut response = if pre.not_modified(&answer.validators) {
         let mut response = Response::new(Vec::new().into());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response
     } else {
-        json_bytes(StatusCode::OK, body)
+        json_bytes(StatusCode::OK, answer.body.clone())
     };
-    validators.write(response.headers_mut());
+    answer.validators.write(response.headers_mut());
     caching.mark_found(response.headers_mut());
     response
 }
 
 /// `POST /v1/lookups`.
-fn lookups<R: Reads>(reads: R) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn lookups<R: Reads>(
+    reads: CachedReads<R>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "lookups")
         .and(warp::post())
         .and(lookup_items())
         .then(move |items| post_lookups(reads.clone(), items))
 }
 
-async fn post_lookups<R: Reads>(reads: R, items: Vec<(AddonId, Sha256)>) -> Response {
+async fn post_lookups<R: Reads>(reads: CachedReads<R>, items: Vec<(AddonId, Sha256)>) -> Response {
     match reads.lookup(&items).await {
-        Ok(records) => json(StatusCode::OK, &lookup_results(&items, &records)),
+        Ok(answers) => json_bytes(StatusCode::OK, lookup_results(&items, &answers)),
         Err(e) => ApiError::from(e).response(),
     }
 }
 
-/// One lookup answer per item, in order.
+/// An item no record answers.
 #[derive(Serialize)]
-struct LookupResults<'a> {
-    results: Vec<LookupResult<'a>>,
+struct Unknown<'a> {
+    addon_id: &'a AddonId,
+    sha256: &'a Sha256,
+    status: &'static str,
 }
 
-#[derive(Serialize)]
-#[serde(untagged)]
-enum LookupResult<'a> {
-    Found(&'a Record),
-    Unknown {
-        addon_id: &'a AddonId,
-        sha256: &'a Sha256,
-        status: &'static str,
-    },
-}
-
-fn lookup_results<'a>(
-    items: &'a [(AddonId, Sha256)],
-    records: &'a [Option<Record>],
-) -> LookupResults<'a> {
-    let results = items
-        .iter()
-        .zip(records)
-        .map(|((addon_id, sha256), record)| match record {
-            Some(record) => LookupResult::Found(record),
-            None => LookupResult::Unknown {
-                addon_id,
-                sha256,
-                status: "unknown",
-            },
-        })
-        .collect();
-    LookupResults { results }
+/// `{"results": [...]}`, one per item in order: a found record's encoded
+/// body as it is, else an `unknown` object.
+fn lookup_results(items: &[(AddonId, Sha256)], answers: &[Answer]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 + answers.len() * 256);
+    body.extend_from_slice(b"{\"results\":[");
+    for (i, ((addon_id, sha256), answer)) in items.iter().zip(answers).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match answer {
+            Some(answer) => body.extend_from_slice(&answer.body),
+            None => {
+                let unknown = Unknown {
+                    addon_id,
+                    sha256,
+                    status: "unknown",
+                };
+                // Writing a derived Serialize of strings into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut body, &unknown);
+            }
+        }
+    }
+    body.extend_from_slice(b"]}");
+    body
 }
 
 /// `GET /v1/addons/{addon_id}/hashes?limit=N&cursor=C`.
-fn listing<R: Reads>(reads: R) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn listing<R: Reads>(
+    reads: CachedReads<R>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "addons" / Segment / "hashes")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
@@ -199,7 +200,11 @@ fn listing<R: Reads>(reads: R) -> impl Filter<Extract = (Response,), Error = Rej
         .then(move |addon_id, page| get_listing(reads.clone(), addon_id, page))
 }
 
-async fn get_listing<R: Reads>(reads: R, addon_id: AddonId, page: PageRequest) -> Response {
+async fn get_listing<R: Reads>(
+    reads: CachedReads<R>,
+    addon_id: AddonId,
+    page: PageRequest,
+) -> Response {
     match reads.list(&addon_id, page.after, page.limit).await {
         Ok(records) => json(StatusCode::OK, &Page::of(records, page.limit)),
         Err(e) => ApiError::from(e).response(),
@@ -262,14 +267,16 @@ impl Page {
 }
 
 /// `GET /v1/writes/{write_id}`.
-fn receipt<R: Reads>(reads: R) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn receipt<R: Reads>(
+    reads: CachedReads<R>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "writes" / Segment)
         .and(warp::get())
         .and_then(|write_id: Segment| async move { Ok::<_, Rejection>(parse_write_id(&write_id)?) })
         .then(move |write_id| get_receipt(reads.clone(), write_id))
 }
 
-async fn get_receipt<R: Reads>(reads: R, write_id: WriteId) -> Response {
+async fn get_receipt<R: Reads>(reads: CachedReads<R>, write_id: WriteId) -> Response {
     match reads.receipt(&write_id).await {
         Ok(Some(receipt)) => json(StatusCode::OK, &receipt),
         Ok(None) => ApiError::NotFound(NO_RECEIPT).response(),
@@ -420,7 +427,8 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response {
 }
 
 /// A JSON answer from its serialised body.
-pub(crate) fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
+pub(crate) fn json_bytes(status: StatusCode, bytes: impl Into<Bytes>) -> Response {
+    let bytes = bytes.into();
     let length = HeaderValue::from(bytes.len());
     let mut response = Response::new(bytes.into());
     *response.status_mut() = status;

@@ -62,10 +62,24 @@ pub struct Settings {
     #[arg(long, env = "ADDONREG_CACHE_TTL_MISSING_SECS", default_value_t = 5)]
     pub cache_ttl_missing_secs: u32,
 
-    /// Most records (found or missing) kept in memory.
-    /// [env: ADDONREG_CACHE_MAX_ENTRIES]
+    /// Most records (found or missing) kept in memory; 0 turns the cache
+    /// off. [env: ADDONREG_CACHE_MAX_ENTRIES]
     #[arg(long, env = "ADDONREG_CACHE_MAX_ENTRIES", default_value_t = 1_000_000)]
     pub cache_max_entries: u64,
+
+    /// Most bytes the cached records take, estimated per entry (key, body,
+    /// headers and the cache's own bookkeeping). [env: ADDONREG_CACHE_MAX_BYTES]
+    #[arg(long, env = "ADDONREG_CACHE_MAX_BYTES", default_value_t = 512 << 20)]
+    pub cache_max_bytes: u64,
+
+    /// How often each replica is health-checked (and its lag measured) in
+    /// the background, in ms. [env: ADDONREG_REPLICA_CHECK_INTERVAL_MS]
+    #[arg(
+        long,
+        env = "ADDONREG_REPLICA_CHECK_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub replica_check_interval_ms: u64,
 
     /// Longest lifetime of a cached record while not subscribed to
     /// invalidation events, in ms. [env: ADDONREG_CACHE_DISCONNECTED_TTL_MS]
@@ -126,6 +140,8 @@ mod tests {
         assert_eq!(s.read_timeout(), Duration::from_secs(3));
         assert_eq!((s.cache_ttl_found_secs, s.cache_ttl_missing_secs), (60, 5));
         assert_eq!(s.cache_max_entries, 1_000_000);
+        assert_eq!(s.cache_max_bytes, 512 << 20);
+        assert_eq!(s.replica_check_interval_ms, 1_000);
         assert_eq!(s.cache_disconnected_ttl_ms, 1_000);
         assert_eq!(s.request_log_sample, 1.0);
         let s = Settings::try_parse_from([

@@ -194,6 +194,15 @@ impl ReadStore {
         }
     }
 
+    /// Records a background health check of replica `index`: one that is
+    /// down is tried last by every read (no request pays for finding out),
+    /// one that answers is back in the rotation.
+    pub fn mark_health(&self, index: usize, up: bool) {
+        if let Some(failed_at) = self.inner.failed_at.get(index) {
+            failed_at.store(if up { 0 } else { self.now_ms() }, Ordering::Relaxed);
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         // At least 1: 0 means "answering".
         u64::try_from(self.inner.epoch.elapsed().as_millis())

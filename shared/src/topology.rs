@@ -10,6 +10,9 @@ use crate::settings::Prefix;
 pub const WRITE_ROUTING_KEY: &str = "write";
 /// Header carrying a dead-lettered message's reason.
 pub const REASON_HEADER: &str = "x-addonreg-reason";
+/// Header of an invalidation event: when the worker committed the change,
+/// in microseconds since the Unix epoch, so gateways can measure freshness.
+pub const COMMITTED_AT_HEADER: &str = "x-addonreg-committed-at";
 /// Backstop redelivery limit on the writes queue. The contract asks for at
 /// least 50; RabbitMQ 4 would otherwise apply 20, and crash redeliveries count.
 pub const DELIVERY_LIMIT: i64 = 1_000;

@@ -121,6 +121,7 @@ impl Processor<'_> {
                     .await?
             }
         };
+        let committed_at = std::time::SystemTime::now();
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -144,7 +145,7 @@ impl Processor<'_> {
         }
         if !committed.pairs.is_empty() {
             let event = InvalidationEvent::new(committed.pairs, committed.lsn);
-            let sent = self.publisher.invalidate(&event).await?;
+            let sent = self.publisher.invalidate(&event, committed_at).await?;
             self.metrics.invalidations.inc_by(sent as u64);
         }
         for status in committed.outcomes.values() {

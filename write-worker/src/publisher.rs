@@ -3,11 +3,13 @@
 //! (after the commit, before the acknowledgement).
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, LongString};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use shared::event::InvalidationEvent;
-use shared::topology::{REASON_HEADER, REPLY_SUCCESS, Topology};
+use shared::topology::{COMMITTED_AT_HEADER, REASON_HEADER, REPLY_SUCCESS, Topology};
 
 /// Most keys in one event; a larger batch sends several, with the same LSN.
 const KEYS_PER_EVENT: usize = 5_000;
@@ -63,8 +65,17 @@ impl Publisher {
             .await
     }
 
-    /// Publishes the invalidation event(s) of a commit.
-    pub async fn invalidate(&self, event: &InvalidationEvent) -> Result<usize, PublishError> {
+    /// Publishes the invalidation event(s) of a commit made at `committed_at`.
+    pub async fn invalidate(
+        &self,
+        event: &InvalidationEvent,
+        committed_at: SystemTime,
+    ) -> Result<usize, PublishError> {
+        let micros = committed_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let mut headers = FieldTable::default();
+        headers.insert(COMMITTED_AT_HEADER.into(), AMQPValue::LongLongInt(micros));
         let mut sent = 0;
         for keys in event.keys.chunks(KEYS_PER_EVENT) {
             let chunk = InvalidationEvent::new(keys.to_vec(), event.lsn);
@@ -72,7 +83,8 @@ impl Publisher {
             let body = serde_json::to_vec(&chunk).unwrap_or_default();
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())
-                .with_delivery_mode(2);
+                .with_delivery_mode(2)
+                .with_headers(headers.clone());
             self.confirm(&self.topology.invalidations_exchange, "", &body, properties)
                 .await?;
             sent += 1;

@@ -135,6 +135,17 @@ async fn a_paused_replica_does_not_bring_the_old_value_back() {
     let id = register(&amo, ADDON, &sha(3), "2.0").await;
     receipt(&primary, &id).await;
     serves(&gw, &sha(3), Some("2.0"), PROMISE).await;
+    // The lag shows on the metrics: the paused replica is behind the newest
+    // event, the primary never is; and the event's delay was measured.
+    let lag = |n: u32| format!("addonreg_gateway_replica_lag_bytes{{replica=\"replica-{n}\"}}");
+    eventually(PROMISE * 5, "the paused replica's lag", || async {
+        metric(&gw, &lag(1)).await > 0.0
+    })
+    .await;
+    assert_eq!(metric(&gw, &lag(2)).await, 0.0);
+    let delays = "addonreg_gateway_invalidation_delay_seconds_count";
+    assert!(metric(&gw, delays).await >= 2.0, "one delay per event");
+    assert!(metric(&gw, "addonreg_gateway_invalidation_delay_seconds_sum").await < 2.0 * 1.0);
     // Every later read, on every endpoint, whichever replica its
     // round-robin turn starts at.
     let new = serde_json::json!("2.0");
@@ -167,6 +178,10 @@ async fn a_paused_replica_does_not_bring_the_old_value_back() {
         assert_eq!(body["results"][0]["version"], new, "lookup");
     }
     replica.resume_replay().await;
+    eventually(PROMISE * 5, "the replica caught up", || async {
+        metric(&gw, &lag(1)).await == 0.0
+    })
+    .await;
     worker.terminate();
 }
 
@@ -231,6 +246,15 @@ async fn a_burst_of_misses_costs_one_query() {
     .await;
     assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
     assert_eq!(metric(&gw, queries).await - before, 1.0);
+    eventually(
+        Duration::from_secs(5),
+        "the cache's size reported",
+        || async {
+            metric(&gw, "addonreg_gateway_cache_entries").await == 1.0
+                && metric(&gw, "addonreg_gateway_cache_weighted_bytes").await > 0.0
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use reqwest::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MO
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Gateway, SeedRecord, insert_receipt, insert_records, start_gateway, start_gateway_with,
+    Gateway, SeedRecord, eventually, insert_receipt, insert_records, metric, start_gateway,
+    start_gateway_with,
 };
 
 const GUID: &str = "{3550f703-e582-4d05-9a08-453d09bdfdc6}";
@@ -20,14 +21,13 @@ fn hash(n: u32) -> String {
     format!("{n:064x}")
 }
 
-/// A gateway that keeps nothing in memory: these tests change rows behind its
-/// back (no worker, no invalidation events), and it is never subscribed, so
-/// the disconnected lifetime (0 here) is every entry's lifetime.
+/// A gateway with its cache off (`ADDONREG_CACHE_MAX_ENTRIES=0`): these
+/// tests change rows behind its back (no worker, no invalidation events).
 async fn gateway(db: &TestDb) -> Gateway {
     start_gateway_with(
         &[db.url_as("addonreg_gateway")],
         "test-reads",
-        &[("ADDONREG_CACHE_DISCONNECTED_TTL_MS", "0".into())],
+        &[("ADDONREG_CACHE_MAX_ENTRIES", "0".into())],
     )
     .await
 }
@@ -738,6 +738,119 @@ async fn garbage_is_a_client_error_never_a_server_error() {
 }
 
 #[tokio::test]
+async fn with_the_cache_off_every_read_queries_and_answers_the_same() {
+    let db = TestDb::new().await;
+    insert_records(&db.owner, &[SeedRecord::registered(GUID, &hash(1))]).await;
+    let gw = gateway(&db).await;
+    let url = format!("{}/v1/addons/{GUID_IN_PATH}/hashes/{}", gw.public, hash(1));
+    let first = client().get(&url).send().await.unwrap();
+    let etag = first.headers()[ETAG].clone();
+    let body: Value = first.json().await.unwrap();
+    for _ in 0..3 {
+        let again = client().get(&url).send().await.unwrap();
+        assert_eq!(again.headers()[ETAG], etag);
+        assert_eq!(again.json::<Value>().await.unwrap(), body);
+    }
+    let revalidated = client()
+        .get(&url)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    let queries = "addonreg_gateway_store_queries_total{kind=\"record\"}";
+    assert_eq!(metric(&gw, queries).await, 5.0, "one query per read");
+    assert_eq!(metric(&gw, "addonreg_gateway_cache_hits_total").await, 0.0);
+    assert_eq!(metric(&gw, "addonreg_gateway_cache_entries").await, 0.0);
+}
+
+/// Sends raw bytes as one request and returns the status code hyper answers.
+async fn raw_status(base: &str, request: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    let line = String::from_utf8_lossy(&answer[..n]).to_string();
+    line.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {line:?}"))
+}
+
+#[tokio::test]
+async fn garbage_headers_are_ignored_or_refused_never_a_server_error() {
+    let db = TestDb::new().await;
+    insert_records(&db.owner, &[SeedRecord::registered(GUID, &hash(1))]).await;
+    let gw = gateway(&db).await;
+    let record = format!("/v1/addons/{GUID_IN_PATH}/hashes/{}", hash(1));
+    // Unreadable preconditions are ignored (RFC 9110): a full 200.
+    for (name, value) in [
+        ("if-none-match", "garbage"),
+        ("if-none-match", "\"unterminated"),
+        ("if-none-match", "W/"),
+        ("if-none-match", ",,,"),
+        ("if-modified-since", "yesterday"),
+        ("if-modified-since", "Sun, 99 Nov 2026 10:00:00 GMT"),
+        ("accept", "text/html"),
+        ("accept-encoding", "br;q=garbage"),
+        ("content-type", "x/y; charset=\"\\\""),
+    ] {
+        let response = client()
+            .get(format!("{}{record}", gw.public))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}: {value:?}");
+    }
+    let host = gw.public.trim_start_matches("http://");
+    let get_raw = |headers: &str| format!("GET {record} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n");
+    // Header values that are not UTF-8 (obs-text) are still ignored.
+    let mut latin1 = get_raw("").into_bytes();
+    latin1.truncate(latin1.len() - 2);
+    latin1.extend_from_slice(b"If-None-Match: \"\xff\xfe\"\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw_status(&gw.public, &latin1).await, 200);
+    // Malformed framing and oversized heads are refused with a 4xx.
+    let post = |headers: &str, body: &str| {
+        format!("POST /v1/lookups HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n{body}")
+    };
+    let huge = format!("X-Big: {}\r\n", "a".repeat(512 * 1024));
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    for (what, request) in [
+        (
+            "a bad Content-Length",
+            post("Content-Length: nope\r\n", "{}"),
+        ),
+        (
+            "two Content-Lengths",
+            post("Content-Length: 2\r\nContent-Length: 3\r\n", "{}"),
+        ),
+        (
+            "a bad chunk size",
+            post("Transfer-Encoding: chunked\r\n", "zz\r\n{}\r\n0\r\n\r\n"),
+        ),
+        ("a header line without a colon", get_raw("NoColonHere\r\n")),
+        ("a half-megabyte header", get_raw(&huge)),
+        ("200 headers", get_raw(&many)),
+        (
+            "a space in the request target",
+            "GET /v1/a b HTTP/1.1\r\n\r\n".into(),
+        ),
+    ] {
+        let status = raw_status(&gw.public, request.as_bytes()).await;
+        assert!((400..500).contains(&status), "{what}: {status}");
+    }
+    // The gateway still answers.
+    let (status, _) = get(&format!("{}{record}", gw.public)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn reads_fail_over_from_a_dead_replica() {
     let db = TestDb::new().await;
     insert_records(&db.owner, &[SeedRecord::registered(GUID, &hash(1))]).await;
@@ -748,6 +861,13 @@ async fn reads_fail_over_from_a_dead_replica() {
         db.name()
     );
     let gw = start_gateway(&[dead.clone(), db.url_as("addonreg_gateway")], "test-reads").await;
+    // The background checks tell which replica is down, before any read.
+    let healthy = |n: u32| format!("addonreg_gateway_replica_healthy{{replica=\"replica-{n}\"}}");
+    eventually(std::time::Duration::from_secs(5), "checks ran", || async {
+        metric(&gw, &healthy(2)).await == 1.0
+    })
+    .await;
+    assert_eq!(metric(&gw, &healthy(1)).await, 0.0);
     // Round-robin starts reads at the dead replica too: they go on to the live one.
     for _ in 0..3 {
         let (status, body) = get(&format!(
