@@ -147,17 +147,19 @@ impl App {
     /// Serves until `shutdown` resolves, then finishes the requests in hand.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let stop = CancellationToken::new();
-        let routes = dockerflow::routes(
-            self.replicas.clone(),
-            self.cache.clone(),
-            self.version.clone(),
-        )
-        .or(routes::routes(self.reads.clone(), self.caching.clone()))
-        .recover(errors::recover)
-        .with(warp::log::custom({
-            let summary = self.summary.clone();
-            move |info| summary.record(&info)
-        }));
+        // The read API first: its record route is the hot path, and every
+        // route tried before it costs each request a failed match.
+        let routes = routes::routes(self.reads.clone(), self.caching.clone())
+            .or(dockerflow::routes(
+                self.replicas.clone(),
+                self.cache.clone(),
+                self.version.clone(),
+            ))
+            .recover(errors::recover)
+            .with(warp::log::custom({
+                let summary = self.summary.clone();
+                move |info| summary.record(&info)
+            }));
         tracing::info!(
             type = "gateway.start",
             listen = %self.public_addr(),

@@ -46,6 +46,10 @@ struct ReadBenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Rounds of bare warp then gateway (hot key), alternated so that both
+    /// see the same machine; each row is the round with the median req/s.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 /// Where a benchmark puts its scratch databases, broker names and binaries.
@@ -126,6 +130,7 @@ async fn read_bench(args: ReadBenchArgs) -> Result<(), loadtest::BenchError> {
         records: args.records,
         connections: args.connections,
         seconds: args.seconds,
+        rounds: args.rounds.max(1),
     };
     let (runs, pgbench) = reads::run(&target, bench).await?;
     report::print_reads(&runs, pgbench);
