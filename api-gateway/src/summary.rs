@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use shared::settings::InvalidSetting;
 use warp::log::Info;
@@ -38,9 +39,15 @@ pub fn route_of(path: &str) -> &'static str {
     }
 }
 
-/// Records one answered request.
+/// Records one answered request. Cheap to clone (warp clones its log
+/// callback per request): one reference count.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     metrics: Metrics,
     /// Log when a uniform draw in [0, 2^32) is below this; `None`: never.
     threshold: Option<u64>,
@@ -56,7 +63,9 @@ impl Summary {
             });
         }
         let threshold = (sample > 0.0).then_some((sample * (1u64 << 32) as f64) as u64);
-        Ok(Self { metrics, threshold })
+        Ok(Self {
+            inner: Arc::new(Inner { metrics, threshold }),
+        })
     }
 
     /// Counts, times and maybe logs the request `info` describes.
@@ -64,15 +73,16 @@ impl Summary {
         let route = route_of(info.path());
         let status = info.status();
         let elapsed = info.elapsed();
-        self.metrics
+        let Inner { metrics, threshold } = self.inner.as_ref();
+        metrics
             .requests
             .with_label_values(&[route, status.as_str()])
             .inc();
-        self.metrics
+        metrics
             .request_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
-        if self.threshold.is_some_and(|t| draw() < t) {
+        if threshold.is_some_and(|t| draw() < t) {
             tracing::info!(
                 type = "request.summary",
                 method = info.method().as_str(),
@@ -131,9 +141,12 @@ mod tests {
         assert!(Summary::new(metrics.clone(), 1.5).is_err());
         assert!(Summary::new(metrics.clone(), -0.1).is_err());
         assert!(Summary::new(metrics.clone(), f64::NAN).is_err());
-        assert_eq!(Summary::new(metrics.clone(), 0.0).unwrap().threshold, None);
         assert_eq!(
-            Summary::new(metrics, 1.0).unwrap().threshold,
+            Summary::new(metrics.clone(), 0.0).unwrap().inner.threshold,
+            None
+        );
+        assert_eq!(
+            Summary::new(metrics, 1.0).unwrap().inner.threshold,
             Some(1u64 << 32)
         );
     }
