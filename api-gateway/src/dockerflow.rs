@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use serde::Serialize;
-use warp::http::StatusCode;
+use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use shared::version::VersionInfo;
 
 use crate::cache::CacheControl;
 use crate::replicas::{Health, Replica};
+use crate::routes::only;
 
 /// A check's or the whole heartbeat's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -78,23 +79,25 @@ pub fn routes(
     version: Arc<VersionInfo>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let lbheartbeat = warp::path!("__lbheartbeat__")
-        .and(warp::get())
+        .and(only(&[Method::GET]))
         .map(|| warp::reply::json(&serde_json::json!({})));
-    let heartbeat = warp::path!("__heartbeat__").and(warp::get()).then(move || {
-        let replicas = replicas.clone();
-        let broker_up = cache.is_subscribed();
-        async move {
-            let health = join_all(replicas.iter().map(Replica::check)).await;
-            let body = heartbeat(&replicas, &health, broker_up);
-            let status = match body.status {
-                Verdict::Error => StatusCode::SERVICE_UNAVAILABLE,
-                Verdict::Ok | Verdict::Warning => StatusCode::OK,
-            };
-            warp::reply::with_status(warp::reply::json(&body), status)
-        }
-    });
+    let heartbeat = warp::path!("__heartbeat__")
+        .and(only(&[Method::GET]))
+        .then(move || {
+            let replicas = replicas.clone();
+            let broker_up = cache.is_subscribed();
+            async move {
+                let health = join_all(replicas.iter().map(Replica::check)).await;
+                let body = heartbeat(&replicas, &health, broker_up);
+                let status = match body.status {
+                    Verdict::Error => StatusCode::SERVICE_UNAVAILABLE,
+                    Verdict::Ok | Verdict::Warning => StatusCode::OK,
+                };
+                warp::reply::with_status(warp::reply::json(&body), status)
+            }
+        });
     let version = warp::path!("__version__")
-        .and(warp::get())
+        .and(only(&[Method::GET]))
         .map(move || warp::reply::json(version.as_ref()));
     lbheartbeat.or(heartbeat).or(version)
 }

@@ -11,7 +11,8 @@ use std::convert::Infallible;
 
 use serde::Serialize;
 use thiserror::Error;
-use warp::http::StatusCode;
+use warp::http::header::ALLOW;
+use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Rejection, Reply};
 
 use crate::store::StoreError;
@@ -30,9 +31,10 @@ pub enum ApiError {
     /// Nothing there: no route, no record, no receipt; says which.
     #[error("{0}")]
     NotFound(&'static str),
-    /// The route exists, not with this method.
+    /// The route exists, not with this method; the answer's `Allow` names
+    /// the methods it takes (RFC 9110 §15.5.6: a 405 must), when known.
     #[error("method not allowed on this resource")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static [Method]),
     /// The body is over the route's limit.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -63,7 +65,7 @@ impl ApiError {
         match self {
             Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,7 +77,7 @@ impl ApiError {
         match self {
             Self::InvalidField { .. }
             | Self::NotFound(_)
-            | Self::MethodNotAllowed
+            | Self::MethodNotAllowed(_)
             | Self::PayloadTooLarge
             | Self::Unavailable => self.to_string().into(),
             Self::Internal(_) => "internal error".into(),
@@ -87,7 +89,7 @@ impl ApiError {
         match self {
             Self::InvalidField { .. }
             | Self::NotFound(_)
-            | Self::MethodNotAllowed
+            | Self::MethodNotAllowed(_)
             | Self::PayloadTooLarge => false,
             Self::Unavailable | Self::Internal(_) => true,
         }
@@ -98,7 +100,17 @@ impl ApiError {
         if self.logs_at_error() {
             tracing::error!(type = "request.error", code = self.status().as_u16(), error = %self, "request failed");
         }
-        reply(self.status(), &self.public_message())
+        let mut response = reply(self.status(), &self.public_message());
+        if let Self::MethodNotAllowed(methods) = self
+            && !methods.is_empty()
+        {
+            let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+            // Method names are tokens: always a valid header value.
+            if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
+                response.headers_mut().insert(ALLOW, value);
+            }
+        }
+        response
     }
 }
 
@@ -142,8 +154,9 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
     if let Some(e) = rejection.find::<ApiError>() {
         return Ok(e.response());
     }
+    // Every route names its methods (routes::methods); warp's own 405 can't.
     let error = if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
+        ApiError::MethodNotAllowed(&[])
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
@@ -171,6 +184,14 @@ mod tests {
         let e = ApiError::from(StoreError::Unavailable);
         assert_eq!(e.status(), 503);
         assert_eq!(e.public_message(), "no database replica answered");
+    }
+
+    #[test]
+    fn a_405_names_the_allowed_methods() {
+        let e = ApiError::MethodNotAllowed(&[Method::GET, Method::HEAD]);
+        let response = e.response();
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[ALLOW], "GET, HEAD");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// `GET /v1/openapi.json`.
 fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "openapi.json")
-        .and(warp::get())
+        .and(only(&[Method::GET]))
         .map(|| json_bytes(StatusCode::OK, OPENAPI.as_bytes().to_vec()))
 }
 
@@ -138,7 +138,7 @@ fn lookups<R: Reads>(
     reads: CachedReads<R>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "lookups")
-        .and(warp::post())
+        .and(only(&[Method::POST]))
         .and(lookup_items())
         .then(move |items| post_lookups(reads.clone(), items))
 }
@@ -189,7 +189,7 @@ fn listing<R: Reads>(
     reads: CachedReads<R>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "addons" / Segment / "hashes")
-        .and(warp::get())
+        .and(only(&[Method::GET]))
         .and(warp::query::<HashMap<String, String>>())
         .and_then(
             |addon_id: Segment, query: HashMap<String, String>| async move {
@@ -271,7 +271,7 @@ fn receipt<R: Reads>(
     reads: CachedReads<R>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "writes" / Segment)
-        .and(warp::get())
+        .and(only(&[Method::GET]))
         .and_then(|write_id: Segment| async move { Ok::<_, Rejection>(parse_write_id(&write_id)?) })
         .then(move |write_id| get_receipt(reads.clone(), write_id))
 }
@@ -324,10 +324,27 @@ fn parse_write_id(segment: &Segment) -> Result<WriteId, ApiError> {
 
 /// GET or HEAD, and which.
 fn get_or_head() -> impl Filter<Extract = (Method,), Error = Rejection> + Clone {
-    warp::get()
-        .map(|| Method::GET)
-        .or(warp::head().map(|| Method::HEAD))
-        .unify()
+    methods(&[Method::GET, Method::HEAD])
+}
+
+/// Passes the `allowed` methods and answers which one came. Any other is a
+/// 405 whose `Allow` header names them (RFC 9110 §15.5.6; warp's own 405
+/// has none). Used after the path, so that a wrong path stays a 404.
+pub fn methods(
+    allowed: &'static [Method],
+) -> impl Filter<Extract = (Method,), Error = Rejection> + Clone {
+    warp::method().and_then(move |method: Method| {
+        futures_util::future::ready(if allowed.contains(&method) {
+            Ok(method)
+        } else {
+            Err(warp::reject::custom(ApiError::MethodNotAllowed(allowed)))
+        })
+    })
+}
+
+/// [`methods`] for a route that does not care which of them came.
+pub fn only(allowed: &'static [Method]) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    methods(allowed).map(|_| ()).untuple_one()
 }
 
 /// The request's `If-None-Match` and `If-Modified-Since`.

@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - `database`: a fresh migrated database per test on a Postgres cluster.
-//! - `broker`: a unique RabbitMQ name prefix per test, its names deleted at the end.
+//! - `broker`: a unique RabbitMQ name prefix per test, its names deleted at the end,
+//!   and throwaway least-privilege broker users for it.
 //! - `cluster`: a Postgres primary of the test's own (initdb on a free port),
 //!   which it may stop and start, and streaming replicas of it.
 //! - `process`: a real binary of the workspace, started and stopped by a test.
@@ -16,7 +17,7 @@ pub mod cluster;
 pub mod database;
 pub mod process;
 
-pub use broker::TestBroker;
+pub use broker::{BrokerRole, BrokerUser, TestBroker};
 pub use cluster::{PgServer, TestCluster, TestReplica};
 pub use database::TestDb;
 pub use process::{TestProcess, free_port, wait_for_http};

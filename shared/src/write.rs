@@ -1,8 +1,11 @@
 //! AMO's write messages (contract v1): parsed and validated whole before any
 //! of their ops reach the database, with a precise reason when they can't be.
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 use thiserror::Error;
 
 use crate::domain::{AddonId, InvalidValue, Sha256, Timestamp, Version, WriteId};
@@ -151,7 +154,7 @@ impl WriteMessage {
         if body.len() > MAX_BODY_BYTES {
             return Err(reject(RejectReason::BodyTooLarge(body.len()), None));
         }
-        let value: Value = serde_json::from_slice(body)
+        let UniqueKeys(value) = serde_json::from_slice(body)
             .map_err(|e| reject(RejectReason::InvalidJson(e.to_string()), None))?;
         let Value::Object(obj) = value else {
             return Err(reject(RejectReason::NotAnObject, None));
@@ -202,6 +205,81 @@ impl WriteMessage {
             };
             (key, op)
         })
+    }
+}
+
+/// A JSON value none of whose objects repeats a key. Parsers disagree on
+/// `{"write_id": "a", "write_id": "b"}` (serde_json keeps the last one, others
+/// the first or fail), so a message whose fields are ambiguous is rejected as
+/// invalid JSON rather than read one way here and another elsewhere.
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    // serde_json's own depth limit (128) bounds this recursion.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                // Truncated: the reason travels in a header.
+                let shown: String = key.chars().take(32).collect();
+                return Err(de::Error::custom(format_args!("duplicate key {shown:?}")));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -380,6 +458,43 @@ mod tests {
         assert_eq!(
             WriteMessage::parse(&huge).unwrap_err().reason.code(),
             "body_too_large"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_invalid_json_at_any_depth() {
+        let op = format!(r#"{{"op": "delete", "addon_id": "a@b", "sha256": "{HASH}"}}"#);
+        let body = |fields: &str, op: &str| {
+            format!(
+                r#"{{"v": 1, "write_id": "w-1", {fields}"issued_at": "2026-11-22T10:00:00Z", "ops": [{op}]}}"#
+            )
+        };
+        assert!(WriteMessage::parse(body("", &op).as_bytes()).is_ok());
+        let twice = [
+            body(r#""write_id": "w-2", "#, &op),
+            body(r#""v": 2, "#, &op),
+            body(
+                "",
+                &op.replace(r#""op": "delete""#, r#""op": "delete", "op": "register""#),
+            ),
+            body("", &op.replace('}', r#", "x": {"k": 1, "k": 1}}"#)),
+        ];
+        for b in twice {
+            let rejection = WriteMessage::parse(b.as_bytes()).unwrap_err();
+            assert_eq!(rejection.reason.code(), "invalid_json", "{b}");
+            assert!(
+                rejection.reason.to_string().contains("duplicate key"),
+                "{b}"
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(
+            WriteMessage::parse(deep.as_bytes())
+                .unwrap_err()
+                .reason
+                .code(),
+            "invalid_json",
+            "nesting past serde_json's limit is refused, not a stack overflow"
         );
     }
 

@@ -3,7 +3,9 @@
 
 mod foundation;
 mod freshness;
+mod fuzz;
 mod helpers;
 mod observability;
 mod openapi;
+mod privilege;
 mod reads;

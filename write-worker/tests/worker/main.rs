@@ -3,6 +3,8 @@
 mod dlq;
 mod foundation;
 mod helpers;
+mod hostile;
 mod janitor;
+mod privilege;
 mod resilience;
 mod writes;
