@@ -1,22 +1,32 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 
 use api_gateway::{App, Settings};
+use shared::version::VersionInfo;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let settings = Settings::parse();
-    if let Err(e) = shared::telemetry::init("addonreg-gateway", &settings.log) {
-        eprintln!("api-gateway: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    match App::build(&settings).await {
+    let version = VersionInfo::load(&settings.version_file);
+    let reporting = match shared::telemetry::init("addonreg-gateway", &settings.log, &version) {
+        Ok(reporting) => reporting,
+        Err(e) => {
+            eprintln!("api-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match App::build(&settings).await {
         Ok(app) => {
             app.run(shared::lifecycle::stop_signal()).await;
-            std::process::ExitCode::SUCCESS
+            ExitCode::SUCCESS
         }
         Err(e) => {
             tracing::error!(type = "gateway.start", error = %e, "cannot start");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
-    }
+    };
+    // Sends the errors still queued (for at most a few seconds) before exiting.
+    drop(reporting);
+    code
 }

@@ -10,6 +10,7 @@
 //! - `db`: Postgres pools and the embedded migrations.
 //! - `topology`: the RabbitMQ names and their declaration.
 //! - `telemetry`: MozLog JSON logs.
+//! - `sentry`: error reporting (errors and panics to Sentry, when configured).
 //! - `admin`: the metrics listener.
 //! - `lifecycle`: the stop signal.
 //! - `version`: what `/__version__` answers.
@@ -21,6 +22,7 @@ pub mod event;
 pub mod lifecycle;
 pub mod receipt;
 pub mod record;
+pub mod sentry;
 pub mod settings;
 pub mod telemetry;
 pub mod topology;

@@ -149,12 +149,40 @@ impl PoolSettings {
     }
 }
 
-/// The logs: level filter and whether to write them.
+/// The logs: level filter, and where errors are reported.
 #[derive(Debug, Clone, Args)]
 pub struct LogSettings {
     /// Log filter, e.g. `info` or `info,sqlx=warn`. [env: ADDONREG_LOG]
     #[arg(long = "log", env = "ADDONREG_LOG", default_value = "info")]
     pub filter: String,
+
+    /// Error reporting to Sentry.
+    #[command(flatten)]
+    pub sentry: SentrySettings,
+}
+
+/// Error reporting: error-level log events and panics go to Sentry when a
+/// DSN is set; without one nothing is set up.
+#[derive(Debug, Clone, Args)]
+pub struct SentrySettings {
+    /// Sentry DSN (`https://<key>@<host>/<project>`); unset, nothing is
+    /// reported. [env: ADDONREG_SENTRY_DSN]
+    // Hidden like the URLs: the key lets anyone post events to the project.
+    #[arg(
+        long = "sentry-dsn",
+        env = "ADDONREG_SENTRY_DSN",
+        hide_env_values = true
+    )]
+    pub dsn: Option<Secret>,
+
+    /// The environment events are filed under, e.g. `prod` or `stage`.
+    /// [env: ADDONREG_SENTRY_ENVIRONMENT]
+    #[arg(
+        long = "sentry-environment",
+        env = "ADDONREG_SENTRY_ENVIRONMENT",
+        default_value = "local"
+    )]
+    pub environment: String,
 }
 
 #[cfg(test)]

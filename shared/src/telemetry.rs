@@ -1,35 +1,90 @@
 //! MozLog JSON logging on stdout: one object per line with `Timestamp` (ns),
 //! `Type`, `Logger`, `Hostname`, `EnvVersion` "2.0", `Pid`, `Severity` (syslog
-//! levels) and `Fields`. An event's `type` field becomes its `Type`.
+//! levels) and `Fields`. An event's `type` field becomes its `Type`. With
+//! error reporting on (`crate::sentry`), errors also go to Sentry.
 
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ::sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer};
 use serde_json::{Map, Value, json};
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterFn, Filtered, filter_fn};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::sentry::Reporting;
 use crate::settings::{InvalidSetting, LogSettings};
+use crate::version::VersionInfo;
 
-/// Installs the MozLog subscriber for the process named `logger`. Called once
-/// by `main`; tests stay quiet unless they install it themselves.
-pub fn init(logger: &'static str, settings: &LogSettings) -> Result<(), InvalidSetting> {
+/// Installs the MozLog subscriber for the process named `logger`, and error
+/// reporting when `ADDONREG_SENTRY_DSN` is set (`version` names the release).
+/// Called once by `main`, which holds the returned [`Reporting`] until it
+/// exits; tests stay quiet unless they install it themselves.
+pub fn init(
+    logger: &'static str,
+    settings: &LogSettings,
+    version: &VersionInfo,
+) -> Result<Reporting, InvalidSetting> {
     let filter = EnvFilter::try_new(&settings.filter).map_err(|e| InvalidSetting {
         variable: "ADDONREG_LOG",
         problem: e.to_string(),
     })?;
+    let reporting = crate::sentry::init(logger, &settings.sentry, version)?;
+    let on = reporting.is_on();
     tracing_subscriber::registry()
         .with(filter)
         .with(MozLog::new(logger))
+        // Nothing at all when reporting is off.
+        .with(on.then(sentry_breadcrumbs))
+        .with(on.then(sentry_errors))
         .try_init()
         .map_err(|e| InvalidSetting {
             variable: "ADDONREG_LOG",
             problem: e.to_string(),
-        })
+        })?;
+    Ok(reporting)
 }
+
+// What of the logs goes to Sentry: errors become events; warnings are kept
+// (in memory, the last 100 per thread) as breadcrumbs sent with the next
+// error; info and below stay out. Two layers added one by one: per-layer
+// filters joined with `Layer::and_then` disable the warnings (tried).
+
+/// Warnings, as Sentry breadcrumbs.
+fn sentry_breadcrumbs<S>() -> Filtered<BreadcrumbLayer, FilterFn, S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn warning(metadata: &Metadata<'_>) -> bool {
+        *metadata.level() == Level::WARN
+    }
+    BreadcrumbLayer::new().with_filter(filter_fn(warning as fn(&Metadata<'_>) -> bool))
+}
+
+/// Errors, as Sentry events; but not the HTTP server's connection errors,
+/// which any client can cause (a malformed request head is logged at error
+/// by warp) and would otherwise flood Sentry.
+fn sentry_errors<S>() -> Filtered<ErrorLayer, FilterFn, S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    ErrorLayer::new().with_filter(filter_fn(is_ours_to_report as fn(&Metadata<'_>) -> bool))
+}
+
+/// Whether an event is an error worth a Sentry event.
+fn is_ours_to_report(metadata: &Metadata<'_>) -> bool {
+    *metadata.level() == Level::ERROR
+        && !CLIENT_CAUSED
+            .iter()
+            .any(|t| metadata.target().starts_with(t))
+}
+
+/// Targets whose errors clients cause: connection-level HTTP errors.
+const CLIENT_CAUSED: &[&str] = &["warp::server", "hyper"];
 
 /// The layer that writes MozLog lines.
 pub struct MozLog {
@@ -127,7 +182,71 @@ impl Visit for JsonFields {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use ::sentry::{Envelope, Hub, Transport};
+
     use super::*;
+    use crate::settings::SentrySettings;
+
+    /// A Sentry transport that keeps the envelopes.
+    struct Collect(Mutex<Vec<Envelope>>);
+
+    impl Transport for Collect {
+        fn send_envelope(&self, envelope: Envelope) {
+            self.0.lock().unwrap().push(envelope);
+        }
+    }
+
+    #[test]
+    fn errors_become_events_warnings_breadcrumbs_and_info_nothing() {
+        let settings = SentrySettings {
+            dsn: Some("http://public@127.0.0.1:9/1".parse().unwrap()),
+            environment: "unit".into(),
+        };
+        let version = VersionInfo::load(std::path::Path::new("/nonexistent"));
+        let mut options = crate::sentry::client_options("addonreg-test", &settings, &version)
+            .unwrap()
+            .unwrap();
+        let sent = Arc::new(Collect(Mutex::new(Vec::new())));
+        options.transport = Some(Arc::new(sent.clone()));
+        // The same defaults (contexts, panics, stacks) as `sentry::init`.
+        let client = Arc::new(::sentry::Client::from(::sentry::apply_defaults(options)));
+        let hub = Arc::new(Hub::new(Some(client.clone()), Arc::default()));
+        // As `init` adds them.
+        let subscriber = tracing_subscriber::registry()
+            .with(Some(sentry_breadcrumbs()))
+            .with(Some(sentry_errors()));
+        Hub::run(hub, || {
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::info!("an info line");
+                tracing::warn!(type = "test.warn", "a warning");
+                // A malformed request from some client, as warp logs it.
+                tracing::error!(target: "warp::server::run", "server connection error");
+                tracing::error!(type = "test.error", error = "boom", "an error");
+            })
+        });
+        assert!(client.flush(Some(std::time::Duration::from_secs(5))));
+        let sent = sent.0.lock().unwrap();
+        let events: Vec<_> = sent.iter().filter_map(|e| e.event()).collect();
+        assert_eq!(events.len(), 1, "one event: our error, not the client's");
+        let event = events[0];
+        assert_eq!(event.message.as_deref(), Some("an error"));
+        assert_eq!(event.environment.as_deref(), Some("unit"));
+        assert_eq!(
+            event.release.as_deref(),
+            Some(crate::sentry::release(&version).as_str())
+        );
+        assert_eq!(event.tags["service"], "addonreg-test");
+        assert!(event.server_name.is_none(), "no host name");
+        assert!(event.user.is_none());
+        let crumbs: Vec<_> = event
+            .breadcrumbs
+            .iter()
+            .filter_map(|b| b.message.as_deref())
+            .collect();
+        assert_eq!(crumbs, ["a warning"]);
+    }
 
     #[test]
     fn line_has_every_mozlog_field() {

@@ -2,20 +2,31 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use shared::sentry::Reporting;
+use shared::version::VersionInfo;
 use write_worker::settings::{Cli, Command};
 use write_worker::{App, dlq, migrate};
+
+/// Where the container images keep their `version.json` (else the build's own).
+const VERSION_FILE: &str = "/app/version.json";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
-    // dlq answers a person at a terminal: plain text, no MozLog lines.
-    if !matches!(command, Command::Dlq { .. })
-        && let Err(e) = shared::telemetry::init("addonreg-write-worker", &cli.settings.log)
-    {
-        eprintln!("write-worker: {e}");
-        return ExitCode::FAILURE;
-    }
+    // dlq answers a person at a terminal: plain text, no MozLog lines, no Sentry.
+    let reporting = if matches!(command, Command::Dlq { .. }) {
+        Reporting::off()
+    } else {
+        let version = VersionInfo::load(std::path::Path::new(VERSION_FILE));
+        match shared::telemetry::init("addonreg-write-worker", &cli.settings.log, &version) {
+            Ok(reporting) => reporting,
+            Err(e) => {
+                eprintln!("write-worker: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let outcome = match command {
         Command::Dlq { command } => return dlq::main(&command, &cli.settings.amqp).await,
         Command::Migrate => migrate::run(&cli.settings).await.map_err(|e| e.to_string()),
@@ -27,11 +38,14 @@ async fn main() -> ExitCode {
             Err(e) => Err(e.to_string()),
         },
     };
-    match outcome {
+    let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(type = "worker.fatal", error, "worker failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Sends the errors still queued (for at most a few seconds) before exiting.
+    drop(reporting);
+    code
 }

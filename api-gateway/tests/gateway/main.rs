@@ -9,3 +9,4 @@ mod observability;
 mod openapi;
 mod privilege;
 mod reads;
+mod sentry;

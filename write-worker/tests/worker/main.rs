@@ -7,4 +7,5 @@ mod hostile;
 mod janitor;
 mod privilege;
 mod resilience;
+mod sentry;
 mod writes;
