@@ -138,3 +138,57 @@ impl Scratch {
         Ok(())
     }
 }
+
+/// Refuses a URL whose host is not loopback (or a Unix socket): the load
+/// generator never leaves this machine.
+pub fn require_loopback(what: &str, url: &str) -> Result<(), BenchError> {
+    let host = if url.starts_with("amqp") {
+        lapin::uri::AMQPUri::from_str(url)
+            .map_err(|e| BenchError::Refused(format!("{what}: not an AMQP URL: {e}")))?
+            .authority
+            .host
+    } else {
+        PgConnectOptions::from_str(url)
+            .map_err(|e| BenchError::Refused(format!("{what}: not a Postgres URL: {e}")))?
+            .get_host()
+            .to_string()
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare.starts_with('/')
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(BenchError::Refused(format!(
+            "{what} points at {host}: loadtest targets loopback only"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::require_loopback;
+
+    #[test]
+    fn only_loopback_is_accepted() {
+        for ok in [
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]:5432/db",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqp://guest:guest@localhost:5672/%2f",
+        ] {
+            assert!(require_loopback("url", ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "postgres://u@db.example.com/db",
+            "postgres://u@10.0.0.5/db",
+            "amqp://guest:guest@rabbit.example.com:5672/%2f",
+        ] {
+            assert!(require_loopback("url", refused).is_err(), "{refused}");
+        }
+    }
+}

@@ -7,17 +7,34 @@
 //!   quorum-queue publish and consume; a set-based upsert through sqlx).
 //! - `writes`: the write-path benchmark: a backlog of AMO-shaped writes
 //!   drained by N workers, timed until every receipt exists.
+//! - `publish`: publishing as AMO does (persistent, confirms), paced or
+//!   not, with a progress bar.
+//! - `mix`: what `loadtest writes` publishes: single-op and bulk writes over
+//!   shared pairs, shuffled, duplicated, with poison mixed in.
+//! - `check`: `loadtest writes`: publishes the mix to a scratch or running
+//!   stack and checks records, receipts and dead letters against the fold.
+//! - `backfill`: N records through the real write path, timed.
 //! - `reads`: the read benchmark: the gateway beside a bare warp handler
 //!   (wrk) and pgbench's select-by-primary-key.
+//! - `freshness`: the delay from a write's receipt to the gateway serving
+//!   it, under read load.
+//! - `traffic`: Firefox-shaped read traffic (Zipf keys, 404s, bulk
+//!   lookups, listings), closed or open loop, every answer checked.
 //! - `report`: the summary tables.
 //!
 //! Every run targets loopback only, is bounded in messages and time, and
 //! cleans up what it created.
 
+pub mod backfill;
 pub mod baseline;
+pub mod check;
 pub mod env;
+pub mod freshness;
+pub mod mix;
+pub mod publish;
 pub mod reads;
 pub mod report;
+pub mod traffic;
 pub mod writes;
 
 /// Why a benchmark could not run or finish.
@@ -38,6 +55,9 @@ pub enum BenchError {
     /// A bound was reached before the work was done.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A target outside loopback, or arguments that don't fit together.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The work finished wrong.
     #[error("check failed: {0}")]
     Check(String),

@@ -52,6 +52,19 @@ fn hash_hex(i: u64) -> String {
     format!("{i:016x}").repeat(4)
 }
 
+/// `registered_at` and `updated_at` of every seeded record, as answered.
+pub const SEEDED_AT: &str = "2026-11-22T10:00:00.000000Z";
+
+/// The add-on of seeded record `i` (1000 add-ons share the records).
+pub fn seeded_addon(i: u64) -> String {
+    format!("addon{}@bench", i % 1000)
+}
+
+/// The digest of seeded record `i`, as 64 hex digits.
+pub fn seeded_hash(i: u64) -> String {
+    hash_hex(i)
+}
+
 /// Serves [`hot_record_json`] on every GET until killed: the baseline.
 pub async fn serve_bare_warp(listen: std::net::SocketAddr) {
     use warp::Filter;
@@ -77,40 +90,13 @@ async fn measure(
     scratch: &Scratch,
     bench: ReadBench,
 ) -> Result<(Vec<HttpRun>, f64), BenchError> {
-    sqlx::query(
-        "INSERT INTO records (addon_id, sha256, status, version, registered_at, updated_at, \
-                              last_write_id, last_op_index, ops) \
-         SELECT 'addon' || (i % 1000) || '@bench', \
-                int8send(i) || int8send(i) || int8send(i) || int8send(i), 'registered', '1.0', \
-                '2026-11-22T10:00:00Z', '2026-11-22T10:00:00Z', 'seed', 0, '[]' \
-         FROM generate_series(1, $1::int8) AS i",
-    )
-    .bind(bench.records as i64)
-    .execute(&scratch.pool)
-    .await?;
-    sqlx::query("ANALYZE records")
-        .execute(&scratch.pool)
-        .await?;
+    seed(scratch, bench.records as u64).await?;
 
     let gateway_port = free_port()?;
     let uncached_port = free_port()?;
     let bare_port = free_port()?;
-    let gateway = |port: u16, cache_entries: &str| {
-        start(
-            &target.bin_dir.join("api-gateway"),
-            &[],
-            &[
-                ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
-                ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
-                ("ADDONREG_METRICS_LISTEN", "0".into()),
-                ("ADDONREG_PREFIX", scratch.prefix.to_string()),
-                ("ADDONREG_LOG", "warn".into()),
-                ("ADDONREG_CACHE_MAX_ENTRIES", cache_entries.into()),
-            ],
-        )
-    };
-    let _gateway = gateway(gateway_port, "1000000")?;
-    let _uncached = gateway(uncached_port, "0")?;
+    let _gateway = start_gateway(target, scratch, gateway_port, 1_000_000)?;
+    let _uncached = start_gateway(target, scratch, uncached_port, 0)?;
     let me = std::env::current_exe().map_err(|e| BenchError::Process("loadtest".into(), e))?;
     let _bare = start(
         &me,
@@ -154,6 +140,48 @@ async fn measure(
     );
     let pgbench = pgbench_tps(scratch, bench).await?;
     Ok((runs, pgbench))
+}
+
+/// Seeds records 1..=`records` (see [`seeded_addon`], [`seeded_hash`]):
+/// registered, version 1.0, at [`SEEDED_AT`].
+pub async fn seed(scratch: &Scratch, records: u64) -> Result<(), BenchError> {
+    sqlx::query(
+        "INSERT INTO records (addon_id, sha256, status, version, registered_at, updated_at, \
+                              last_write_id, last_op_index, ops) \
+         SELECT 'addon' || (i % 1000) || '@bench', \
+                int8send(i) || int8send(i) || int8send(i) || int8send(i), 'registered', '1.0', \
+                '2026-11-22T10:00:00Z', '2026-11-22T10:00:00Z', 'seed', 0, '[]' \
+         FROM generate_series(1, $1::int8) AS i",
+    )
+    .bind(records as i64)
+    .execute(&scratch.pool)
+    .await?;
+    sqlx::query("ANALYZE records")
+        .execute(&scratch.pool)
+        .await?;
+    Ok(())
+}
+
+/// Starts a release gateway on `port` over `scratch`, with
+/// `ADDONREG_CACHE_MAX_ENTRIES` = `cache_entries` and request lines off.
+pub fn start_gateway(
+    target: &Target,
+    scratch: &Scratch,
+    port: u16,
+    cache_entries: u64,
+) -> Result<Child, BenchError> {
+    start(
+        &target.bin_dir.join("api-gateway"),
+        &[],
+        &[
+            ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
+            ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
+            ("ADDONREG_METRICS_LISTEN", "0".into()),
+            ("ADDONREG_PREFIX", scratch.prefix.to_string()),
+            ("ADDONREG_LOG", "warn".into()),
+            ("ADDONREG_CACHE_MAX_ENTRIES", cache_entries.to_string()),
+        ],
+    )
 }
 
 /// The run with the median requests/s (the upper one of an even count).
@@ -292,14 +320,14 @@ fn start(program: &Path, args: &[&str], env: &[(&str, String)]) -> Result<Child,
         .map_err(|e| BenchError::Process(program.display().to_string(), e))
 }
 
-fn free_port() -> Result<u16, BenchError> {
+pub fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| BenchError::Process("free port".into(), e))
 }
 
-async fn wait_listening(port: u16) -> Result<(), BenchError> {
+pub async fn wait_listening(port: u16) -> Result<(), BenchError> {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await

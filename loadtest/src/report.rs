@@ -93,3 +93,119 @@ pub fn print_reads(runs: &[crate::reads::HttpRun], pgbench_tps: f64) {
         );
     }
 }
+
+/// Prints `loadtest writes`' summary: what was sent, how fast it went
+/// through, and each check's count (all 0 on a correct stack).
+pub fn print_check(o: &crate::check::Outcome) {
+    println!("machine: {}", machine());
+    let workers = o
+        .workers
+        .map_or_else(|| "running stack".to_string(), |n| format!("{n} worker(s)"));
+    println!("run {} (seed {}), {workers}", o.run, o.seed);
+    println!();
+    println!("| sent | count |");
+    println!("| --- | ---: |");
+    println!("| valid writes | {} |", o.writes);
+    println!("| ops in them | {} |", o.ops);
+    println!("| pairs touched | {} |", o.pairs);
+    println!("| writes published twice | {} |", o.duplicates);
+    println!("| poison messages | {} |", o.poison);
+    println!("| messages published | {} |", o.published);
+    println!();
+    println!("| measured | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| publish, confirms included | {:.2} s ({:.0} msg/s) |",
+        o.publish_seconds,
+        o.published as f64 / o.publish_seconds
+    );
+    println!("| first publish to last receipt | {:.2} s |", o.seconds);
+    println!("| ops/s end to end | {:.0} |", o.ops as f64 / o.seconds);
+    println!(
+        "| messages/s end to end | {:.0} |",
+        o.published as f64 / o.seconds
+    );
+    if o.timed_out {
+        println!("| timed out before the last receipt | yes |");
+    }
+    println!();
+    println!("| check | count |");
+    println!("| --- | ---: |");
+    for (name, n) in o.counts.rows() {
+        println!("| {name} | {n} |");
+    }
+}
+
+/// Prints `loadtest backfill`'s summary.
+pub fn print_backfill(b: &crate::backfill::Backfilled) {
+    println!("machine: {}", machine());
+    println!();
+    println!(
+        "| records | ops/message | messages | workers | publish s | seconds to last applied | ops/s | records found |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {} |",
+        b.backfill.records,
+        b.backfill.ops_per_message,
+        b.messages,
+        b.backfill.workers,
+        b.publish_seconds,
+        b.seconds,
+        b.ops_per_sec(),
+        b.records_found
+    );
+}
+
+/// The `reads` table: closed loop, then each open-loop rate.
+pub fn print_traffic(runs: &[crate::traffic::Measured]) {
+    println!("machine: {}", machine());
+    println!();
+    println!(
+        "| loop | offered req/s | answered req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | wrong | failed |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for run in runs {
+        let (kind, offered) = match run.offered {
+            Some(rate) => ("open", format!("{rate:.0}")),
+            None => ("closed", "-".to_string()),
+        };
+        println!(
+            "| {kind} | {offered} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            run.rps(),
+            run.percentile_ms(0.5),
+            run.percentile_ms(0.9),
+            run.percentile_ms(0.99),
+            run.percentile_ms(0.999),
+            run.latency_us.max() as f64 / 1000.0,
+            run.wrong,
+            run.failed,
+        );
+    }
+}
+
+/// The `freshness` table.
+pub fn print_freshness(measured: &crate::freshness::Freshness) {
+    let reads = &measured.reads;
+    println!("machine: {}", machine());
+    println!();
+    println!(
+        "| samples | p50 ms | p99 ms | max ms | never served | background reads/s | read p99 ms | wrong reads |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {} | {:.2} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {} |",
+        measured.delay_us.len(),
+        measured.percentile_ms(0.5),
+        measured.percentile_ms(0.99),
+        measured.delay_us.max() as f64 / 1000.0,
+        measured.stale,
+        reads.rps(),
+        reads.percentile_ms(0.99),
+        reads.wrong + reads.failed,
+    );
+    println!();
+    println!(
+        "(promise: every delay < 1 s, p99 aimed under 50 ms; delays from the first sighting of the receipt on the primary to the first answer with the new value, both polled every ~1 ms)"
+    );
+}
