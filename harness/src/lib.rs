@@ -8,6 +8,7 @@
 //! - `cluster`: a Postgres primary of the test's own (initdb on a free port),
 //!   which it may stop and start, and streaming replicas of it.
 //! - `process`: a real binary of the workspace, started and stopped by a test.
+//! - `sentry`: a stand-in for Sentry's ingestion, recording what arrives.
 //!
 //! Each owner cleans up in `Drop`, also when the test fails; a failing test's
 //! database is kept (and named on stderr) for a post-mortem.
@@ -16,6 +17,7 @@ pub mod broker;
 pub mod cluster;
 pub mod database;
 pub mod process;
+pub mod sentry;
 
 pub use broker::{BrokerRole, BrokerUser, TestBroker};
 pub use cluster::{PgServer, TestCluster, TestReplica};
