@@ -2,7 +2,6 @@
 //! reaches Sentry with its environment and release, and with no database
 //! URL, password or host name.
 
-
 use harness::sentry::{FakeSentry, assert_nothing_private};
 use harness::{TestBroker, free_port};
 
