@@ -370,7 +370,9 @@ impl<R: Reads> CachedReads<R> {
         let shared = &self.shared;
         if !shared.enabled() {
             shared.metrics.cache_misses.inc();
-            return match self.fill(key, 0).await {
+            // Nothing is cached, so no fill can race an invalidation (as if
+            // started after every one): only an unreplayed fence counts.
+            return match self.fill(key, u64::MAX).await {
                 Ok(entry) => Ok(entry.answer),
                 Err(Fill::Store(e)) => Err(Some(e)),
                 Err(Fill::Raced(answer) | Fill::Behind(answer)) => Ok(answer),
@@ -746,6 +748,11 @@ mod tests {
                 .get(),
             1,
             "a fenced key is read from a source that replayed its fence"
+        );
+        assert_eq!(
+            metrics.cache_fill_discarded.get(),
+            0,
+            "with nothing cached, no fill counts as discarded by a race"
         );
         store.caught_up = false;
         let (reads, _control) = CachedReads::new(store.clone(), config(0, 0), metrics);

@@ -114,6 +114,26 @@ async fn record(mut stream: TcpStream, requests: Arc<Mutex<Vec<(String, String)>
         .await;
 }
 
+/// Checks that an event is filed under `environment`, this workspace's
+/// release and the `service` tag.
+pub fn assert_tagged(envelope: &str, environment: &str, service: &str) {
+    assert!(
+        envelope.contains(&format!(r#""environment":"{environment}""#)),
+        "{envelope}"
+    );
+    assert!(
+        envelope.contains(&format!(
+            r#""release":"addonreg@{}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{envelope}"
+    );
+    assert!(
+        envelope.contains(&format!(r#""service":"{service}""#)),
+        "{envelope}"
+    );
+}
+
 /// Promises every reported event keeps: no host name, user, password or URL.
 pub fn assert_nothing_private(envelope: &str, url: &str, password: &str) {
     assert!(!envelope.contains(password), "password in {envelope}");

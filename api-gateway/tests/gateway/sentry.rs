@@ -2,7 +2,7 @@
 //! reaches Sentry with its environment and release, and with no database
 //! URL, password or host name.
 
-use harness::sentry::{FakeSentry, assert_nothing_private};
+use harness::sentry::{FakeSentry, assert_nothing_private, assert_tagged};
 use harness::{TestBroker, free_port};
 
 use crate::helpers::start_gateway_with;
@@ -43,21 +43,7 @@ async fn a_logged_error_reaches_sentry_without_secrets() {
         envelope.contains("no database replica answered"),
         "{envelope}"
     );
-    assert!(
-        envelope.contains(r#""environment":"sentry-test""#),
-        "{envelope}"
-    );
-    assert!(
-        envelope.contains(&format!(
-            r#""release":"addonreg@{}"#,
-            env!("CARGO_PKG_VERSION")
-        )),
-        "{envelope}"
-    );
-    assert!(
-        envelope.contains(r#""service":"addonreg-gateway""#),
-        "{envelope}"
-    );
+    assert_tagged(&envelope, "sentry-test", "addonreg-gateway");
     // Info lines stay out. (Warnings are breadcrumbs of their own thread,
     // so whether the failed attempt's rides along depends on scheduling.)
     assert!(!envelope.contains("gateway listening"), "{envelope}");

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use harness::TestProcess;
-use harness::sentry::{FakeSentry, assert_nothing_private};
+use harness::sentry::{FakeSentry, assert_nothing_private, assert_tagged};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_error_reaches_sentry_before_exit_without_secrets() {
@@ -31,21 +31,7 @@ async fn a_fatal_error_reaches_sentry_before_exit_without_secrets() {
         envelope.contains("ADDONREG_DATABASE_URL: not a valid postgres:// URL"),
         "{envelope}"
     );
-    assert!(
-        envelope.contains(r#""environment":"sentry-test""#),
-        "{envelope}"
-    );
-    assert!(
-        envelope.contains(&format!(
-            r#""release":"addonreg@{}"#,
-            env!("CARGO_PKG_VERSION")
-        )),
-        "{envelope}"
-    );
-    assert!(
-        envelope.contains(r#""service":"addonreg-write-worker""#),
-        "{envelope}"
-    );
+    assert_tagged(&envelope, "sentry-test", "addonreg-write-worker");
     assert_nothing_private(&envelope, &url, password);
 
     let status = worker
