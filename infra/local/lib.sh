@@ -324,6 +324,25 @@ ensure_rabbitmq() {
     info "RabbitMQ: running on $AMQP_HOSTPORT"
 }
 
+# The load test's drivers and baselines: wrk (HTTP load), nginx (the static
+# file baseline; only its binary: its own service is never started) and
+# pgbench (with PostgreSQL's client tools).
+ensure_load_tools() {
+    command -v wrk >/dev/null 2>&1 || apt_install wrk
+    if ! command -v nginx >/dev/null 2>&1; then
+        # A policy that refuses service starts, for this install only, so the
+        # package does not start a server on port 80.
+        local policy=/usr/sbin/policy-rc.d made=
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made=1
+        fi
+        apt_install nginx-light
+        [[ -z $made ]] || rm -f "$policy"
+    fi
+    command -v pgbench >/dev/null 2>&1 || apt_install "postgresql-client-$(pg_installed_major)"
+    info "load tools: $(command -v wrk), $(command -v nginx)"
+}
+
 # `infra/local/services ensure`: what the tests and CI need, nothing more.
 ensure_services() {
     step "Services"
@@ -331,6 +350,7 @@ ensure_services() {
     ensure_pg_tools
     ensure_pg_superuser_tcp
     ensure_rabbitmq
+    ensure_load_tools
 }
 
 # ------------------------------------------------------------ processes ---

@@ -11,7 +11,7 @@ use crate::env::{Scratch, Target};
 use crate::publish::{self, Outgoing, Publisher};
 
 /// What to load.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Backfill {
     /// Records (distinct pairs), one register op each.
     pub records: usize,
@@ -24,7 +24,7 @@ pub struct Backfill {
 }
 
 /// What a backfill measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Backfilled {
     /// The shape.
     pub backfill: Backfill,

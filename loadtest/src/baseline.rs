@@ -16,7 +16,7 @@ use crate::BenchError;
 use crate::env::{Scratch, Target};
 
 /// Raw RabbitMQ: a quorum queue, persistent 300-byte messages.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct QueueRates {
     /// Publish with confirms, 1000 in flight (messages/s).
     pub publish: f64,
@@ -146,4 +146,94 @@ async fn upsert_in(scratch: &Scratch, rows: usize) -> Result<f64, BenchError> {
     }))
     .await?;
     Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+/// nginx serving one record as a static file: the baseline for what a
+/// well-tuned static server answers on this machine. Stopped on drop.
+pub struct Nginx {
+    dir: std::path::PathBuf,
+    child: tokio::process::Child,
+}
+
+impl Nginx {
+    /// Starts nginx (2 worker processes, no access log) on `port`, serving
+    /// `body` as `application/json` at every path.
+    pub fn start(port: u16, body: &str) -> Result<Self, BenchError> {
+        let dir =
+            std::env::temp_dir().join(format!("addonreg-nginx-{}-{port}", std::process::id()));
+        let io = |e| BenchError::Process("nginx scratch dir".into(), e);
+        std::fs::create_dir_all(dir.join("logs")).map_err(io)?;
+        std::fs::write(dir.join("record.json"), body).map_err(io)?;
+        let conf = format!(
+            "worker_processes 2;\n\
+             error_log {dir}/logs/error.log;\n\
+             pid {dir}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               access_log off;\n\
+               sendfile on; tcp_nodelay on; keepalive_requests 1000000;\n\
+               open_file_cache max=16 inactive=60s; open_file_cache_valid 60s;\n\
+               client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};\n\
+               uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 root {dir};\n\
+                 location / {{ default_type application/json; try_files /record.json =404; }}\n\
+               }}\n\
+             }}\n",
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).map_err(io)?;
+        // A configuration nginx refuses would only show as a port nobody
+        // listens on: have it checked first, and say why.
+        let checked = std::process::Command::new("nginx")
+            .arg("-t")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .output()
+            .map_err(|e| BenchError::Process("nginx (apt-get install nginx-light)".into(), e))?;
+        if !checked.status.success() {
+            return Err(BenchError::Check(format!(
+                "nginx refused its configuration: {}",
+                String::from_utf8_lossy(&checked.stderr).trim()
+            )));
+        }
+        let child = tokio::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::Process("nginx (apt-get install nginx-light)".into(), e))?;
+        Ok(Self { dir, child })
+    }
+
+    /// Whether an `nginx` binary is on the PATH.
+    pub fn installed() -> bool {
+        std::process::Command::new("nginx")
+            .arg("-v")
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGKILL reaches only the master; its workers notice it is gone and
+        // exit, but a quit signal first lets them go at once.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-QUIT", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -46,7 +46,7 @@ pub struct Stack<'a> {
 }
 
 /// The bounds of a run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Bounds {
     /// Messages per second, or as fast as confirms allow.
     pub rate: Option<f64>,
@@ -55,7 +55,7 @@ pub struct Bounds {
 }
 
 /// What went wrong, by kind; all zero on a correct stack.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     /// Valid writes with no receipt, or with an op missing from its pair.
     pub lost: usize,
@@ -94,7 +94,7 @@ impl Counts {
 }
 
 /// What a run published, measured and found.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Outcome {
     /// The run's tag (every id and add-on id starts with it).
     pub run: String,

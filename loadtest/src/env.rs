@@ -27,6 +27,50 @@ pub struct Target {
     pub bin_dir: PathBuf,
 }
 
+/// Scratch databases and prefixes created and not yet dropped, so that an
+/// interrupted run can still clean up after itself ([`drop_leftovers`]).
+static LIVE: std::sync::Mutex<Vec<(String, Prefix)>> = std::sync::Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<(String, Prefix)>> {
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Drops what scratch environments an interrupted run left: their databases
+/// and their broker topologies.
+pub async fn drop_leftovers(target: &Target) -> Result<usize, BenchError> {
+    let leftovers: Vec<_> = live().drain(..).collect();
+    if leftovers.is_empty() {
+        return Ok(0);
+    }
+    let admin = PgConnectOptions::from_str(&target.admin_url)?;
+    let mut conn = PgConnection::connect_with(&admin).await?;
+    let broker = Connection::connect(&target.amqp_url, ConnectionProperties::default()).await?;
+    let channel = broker.create_channel().await?;
+    for (database, prefix) in &leftovers {
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await?;
+        let topology = Topology::new(prefix);
+        for queue in [&topology.writes_queue, &topology.dead_queue] {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [&topology.writes_exchange, &topology.invalidations_exchange] {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+    }
+    broker
+        .close(REPLY_SUCCESS, "bench interrupted".into())
+        .await?;
+    Ok(leftovers.len())
+}
+
 /// One scenario's database and broker names.
 pub struct Scratch {
     admin: PgConnectOptions,
@@ -65,6 +109,7 @@ impl Scratch {
         let prefix: Prefix = format!("bench-{id}")
             .parse()
             .map_err(|e: String| BenchError::Check(e))?;
+        live().push((database.clone(), prefix.clone()));
         let topology = Topology::new(&prefix);
         let broker = Connection::connect(&target.amqp_url, ConnectionProperties::default()).await?;
         let channel = broker.create_channel().await?;
@@ -111,6 +156,7 @@ impl Scratch {
 
     /// Deletes the topology and drops the database.
     pub async fn drop(self) -> Result<(), BenchError> {
+        live().retain(|(database, _)| *database != self.database);
         for queue in [&self.topology.writes_queue, &self.topology.dead_queue] {
             self.channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

@@ -27,6 +27,8 @@
 
 pub mod backfill;
 pub mod baseline;
+pub mod bench;
+pub mod cache;
 pub mod check;
 pub mod env;
 pub mod freshness;
@@ -58,6 +60,9 @@ pub enum BenchError {
     /// A target outside loopback, or arguments that don't fit together.
     #[error("refused: {0}")]
     Refused(String),
+    /// Ctrl-C stopped the run.
+    #[error("interrupted")]
+    Interrupted,
     /// The work finished wrong.
     #[error("check failed: {0}")]
     Check(String),

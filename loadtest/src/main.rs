@@ -9,7 +9,7 @@ use loadtest::check::{self, Bounds};
 use loadtest::env::{Target, require_loopback};
 use loadtest::mix::{MixSettings, Plan};
 use loadtest::writes::{self, Scenario};
-use loadtest::{BenchError, baseline, reads, report};
+use loadtest::{BenchError, baseline, bench, reads, report};
 use shared::domain::Timestamp;
 use shared::settings::Prefix;
 
@@ -46,12 +46,32 @@ enum Command {
     /// The freshness promise, measured: delay from a write's receipt to the
     /// gateway serving it (p50/p99/max), under Firefox-shaped read load.
     Freshness(FreshnessArgs),
+    /// The whole suite, end to end (about 10 minutes): reads, cache sizes,
+    /// freshness, write correctness and throughput, backfill, each beside
+    /// its baseline measured in the same run (bare warp, nginx, pgbench, raw
+    /// RabbitMQ and Postgres). Writes target/loadtest/<timestamp>/ with
+    /// report.json, report.md and SVG plots; Ctrl-C keeps a partial report.
+    /// Exits non-zero when a correctness check fails.
+    Bench(BenchArgs),
     /// The baseline server: answers one fixed record to every GET.
     BareWarp {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Every step at a few seconds (the test suite's size): checks
+    /// correctness and the report, not speed.
+    #[arg(long)]
+    smoke: bool,
+    /// Report directory; target/loadtest/<UTC timestamp> when absent.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -299,6 +319,7 @@ async fn reads_check(args: ReadsArgs) -> Result<(), loadtest::BenchError> {
         open_loop_shares: &[0.25, 0.5, 0.75, 0.9],
         cache_entries: args.cache_entries,
         seed: 0x5eed,
+        answered: Default::default(),
     };
     let runs = loadtest::traffic::run(&target, run).await?;
     report::print_traffic(&runs);
@@ -322,6 +343,7 @@ async fn main() -> ExitCode {
         Command::ReadBench(args) => read_bench(args).await,
         Command::Reads(args) => reads_check(args).await,
         Command::Freshness(args) => freshness(args).await,
+        Command::Bench(args) => bench(args).await,
         Command::BareWarp { listen } => {
             reads::serve_bare_warp(listen).await;
             Ok(())
@@ -334,6 +356,46 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn bench(args: BenchArgs) -> Result<(), BenchError> {
+    require_loopback("--amqp-url", &args.target.amqp_url)?;
+    require_loopback("--admin-url", &args.target.admin_url)?;
+    let sizes = if args.smoke {
+        bench::Sizes::smoke()
+    } else {
+        bench::Sizes::full()
+    };
+    let dir = args.out.unwrap_or_else(|| {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        PathBuf::from("target/loadtest").join(stamp)
+    });
+    let target = args.target.target();
+    let run = bench::Run::new(dir, &sizes)?;
+    eprintln!("bench: report in {}", run.dir.display());
+    let outcome = tokio::select! {
+        result = bench::run(&target, &sizes, &run) => result,
+        _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
+    };
+    // An interrupted step left its scratch database and broker names.
+    if let Err(e) = loadtest::env::drop_leftovers(&target).await {
+        eprintln!("bench: cleaning up after the interrupted step: {e}");
+    }
+    let label = match &outcome {
+        Ok(()) => "complete".to_string(),
+        Err(BenchError::Interrupted) => "interrupted (partial report)".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    let report = run.finish(&label)?;
+    println!("{}", report.markdown());
+    eprintln!("bench: report in {}", run.dir.display());
+    outcome?;
+    if !report.correct() {
+        return Err(BenchError::Check(
+            "a correctness count is not 0 (see the report)".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn read_bench(args: ReadBenchArgs) -> Result<(), loadtest::BenchError> {
@@ -364,6 +426,7 @@ async fn write_bench(args: WriteBench) -> Result<(), loadtest::BenchError> {
                 ops_per_message,
                 messages,
                 workers,
+                batch_max_messages: None,
             };
             eprintln!("running {ops_per_message}-op messages x{messages}, {workers} worker(s)");
             runs.push(writes::run(&target, scenario, limit).await?);

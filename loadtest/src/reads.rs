@@ -12,7 +12,7 @@ use crate::BenchError;
 use crate::env::{Scratch, Target};
 
 /// What wrk measured against one server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct HttpRun {
     /// What was measured.
     pub name: String,
@@ -25,6 +25,17 @@ pub struct HttpRun {
     /// Non-2xx/3xx answers or socket errors.
     pub errors: u64,
 }
+
+/// Row names, which the bench's targets look up.
+pub const BARE_WARP: &str = "bare warp, fixed body";
+/// nginx serving the hot record as a static file.
+pub const NGINX: &str = "nginx, static file";
+/// The gateway answering one hot key from its cache.
+pub const GATEWAY_HOT: &str = "gateway, cache hits (one hot key)";
+/// The gateway on uniformly random keys with its cache on.
+pub const GATEWAY_RANDOM: &str = "gateway, random keys (cache on)";
+/// The gateway with its cache off.
+pub const GATEWAY_UNCACHED: &str = "gateway, cache off, random keys";
 
 /// The shape of one read benchmark.
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +114,17 @@ async fn measure(
         &["bare-warp", "--listen", &format!("127.0.0.1:{bare_port}")],
         &[],
     )?;
+    let nginx_port = free_port()?;
+    let nginx = if crate::baseline::Nginx::installed() {
+        let nginx = crate::baseline::Nginx::start(nginx_port, &hot_record_json())?;
+        wait_listening(nginx_port).await?;
+        Some(nginx)
+    } else {
+        eprintln!(
+            "read-bench: nginx is not installed (apt-get install nginx-light): no static-file baseline"
+        );
+        None
+    };
     wait_listening(gateway_port).await?;
     wait_listening(uncached_port).await?;
     wait_listening(bare_port).await?;
@@ -110,34 +132,22 @@ async fn measure(
     let hot = format!("/v1/addons/addon1@bench/hashes/{}", hash_hex(1));
     let mut runs = Vec::new();
     // The machine's speed drifts between runs: alternate, keep the medians.
-    let (mut bare, mut gateway_hot) = (Vec::new(), Vec::new());
+    let (mut bare, mut static_file, mut gateway_hot) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..bench.rounds {
-        bare.push(wrk("bare warp, fixed body", bare_port, &hot, None, bench).await?);
-        gateway_hot.push(wrk("gateway, one hot key", gateway_port, &hot, None, bench).await?);
+        bare.push(wrk(BARE_WARP, bare_port, &hot, None, bench).await?);
+        if nginx.is_some() {
+            static_file.push(wrk(NGINX, nginx_port, &hot, None, bench).await?);
+        }
+        gateway_hot.push(wrk(GATEWAY_HOT, gateway_port, &hot, None, bench).await?);
     }
     runs.push(median(bare));
+    if !static_file.is_empty() {
+        runs.push(median(static_file));
+    }
     runs.push(median(gateway_hot));
     let random = random_keys_script(bench.records)?;
-    runs.push(
-        wrk(
-            "gateway, random keys",
-            gateway_port,
-            "/",
-            Some(&random),
-            bench,
-        )
-        .await?,
-    );
-    runs.push(
-        wrk(
-            "gateway, cache off, random keys",
-            uncached_port,
-            "/",
-            Some(&random),
-            bench,
-        )
-        .await?,
-    );
+    runs.push(wrk(GATEWAY_RANDOM, gateway_port, "/", Some(&random), bench).await?);
+    runs.push(wrk(GATEWAY_UNCACHED, uncached_port, "/", Some(&random), bench).await?);
     let pgbench = pgbench_tps(scratch, bench).await?;
     Ok((runs, pgbench))
 }
@@ -170,18 +180,30 @@ pub fn start_gateway(
     port: u16,
     cache_entries: u64,
 ) -> Result<Child, BenchError> {
-    start(
-        &target.bin_dir.join("api-gateway"),
-        &[],
-        &[
-            ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
-            ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
-            ("ADDONREG_METRICS_LISTEN", "0".into()),
-            ("ADDONREG_PREFIX", scratch.prefix.to_string()),
-            ("ADDONREG_LOG", "warn".into()),
-            ("ADDONREG_CACHE_MAX_ENTRIES", cache_entries.to_string()),
-        ],
-    )
+    start_gateway_with(target, scratch, port, cache_entries, None, &[])
+}
+
+/// [`start_gateway`], with its metrics listener on `metrics_port` if given,
+/// and `extra` settings.
+pub fn start_gateway_with(
+    target: &Target,
+    scratch: &Scratch,
+    port: u16,
+    cache_entries: u64,
+    metrics_port: Option<u16>,
+    extra: &[(&str, String)],
+) -> Result<Child, BenchError> {
+    let metrics = metrics_port.map_or_else(|| "0".into(), |p| format!("127.0.0.1:{p}"));
+    let mut env = vec![
+        ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
+        ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
+        ("ADDONREG_METRICS_LISTEN", metrics),
+        ("ADDONREG_PREFIX", scratch.prefix.to_string()),
+        ("ADDONREG_LOG", "warn".into()),
+        ("ADDONREG_CACHE_MAX_ENTRIES", cache_entries.to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    start(&target.bin_dir.join("api-gateway"), &[], &env)
 }
 
 /// The run with the median requests/s (the upper one of an even count).

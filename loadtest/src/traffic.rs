@@ -286,6 +286,18 @@ pub async fn drive_until(
     seed: u64,
     stop: Arc<AtomicBool>,
 ) -> Result<Measured, BenchError> {
+    drive_counted(addr, shape, seed, stop, Arc::default()).await
+}
+
+/// [`drive_until`], adding every answer to `answered` as it arrives, so that
+/// a sampler can plot throughput over time.
+pub async fn drive_counted(
+    addr: SocketAddr,
+    shape: Shape,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+) -> Result<Measured, BenchError> {
     if !addr.ip().is_loopback() {
         return Err(BenchError::Check(format!(
             "{addr} is not a loopback address"
@@ -301,12 +313,16 @@ pub async fn drive_until(
     let tasks: Vec<_> = (0..shape.connections)
         .map(|c| {
             let (popularity, sent, stop) = (popularity.clone(), sent.clone(), stop.clone());
+            let answered = answered.clone();
             tokio::spawn(async move {
                 connection(
                     addr,
                     shape,
                     &popularity,
-                    &sent,
+                    Counters {
+                        sent: &sent,
+                        answered: &answered,
+                    },
                     &stop,
                     Draws(seed ^ (c as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)),
                     started
@@ -350,13 +366,21 @@ fn new_histogram() -> Result<Histogram<u64>, BenchError> {
         .map_err(|e| BenchError::Check(format!("histogram: {e}")))
 }
 
+/// Requests started (bounded by `max_requests`) and answers received, shared
+/// by all connections.
+#[derive(Clone, Copy)]
+struct Counters<'a> {
+    sent: &'a AtomicU64,
+    answered: &'a AtomicU64,
+}
+
 /// One keep-alive connection's loop; reconnects after an error.
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     addr: SocketAddr,
     shape: Shape,
     popularity: &Popularity,
-    sent: &AtomicU64,
+    counters: Counters<'_>,
     stop: &AtomicBool,
     mut draws: Draws,
     first_send: Instant,
@@ -388,7 +412,7 @@ async fn connection(
         };
         if stop.load(Ordering::Relaxed)
             || Instant::now() >= deadline
-            || sent.fetch_add(1, Ordering::Relaxed) >= shape.max_requests
+            || counters.sent.fetch_add(1, Ordering::Relaxed) >= shape.max_requests
         {
             return Ok(part);
         }
@@ -406,6 +430,7 @@ async fn connection(
                 let latency = u64::try_from(from.elapsed().as_micros()).unwrap_or(u64::MAX);
                 part.latency_us.saturating_record(latency.max(1));
                 part.requests += 1;
+                counters.answered.fetch_add(1, Ordering::Relaxed);
                 if let Err(what) = check(&ask.expect, status, &body, shape.rewritten) {
                     part.wrong += 1;
                     part.first_wrong.get_or_insert(what);
@@ -444,8 +469,67 @@ async fn exchange(
     Ok((status, body))
 }
 
+/// One request on a fresh connection: `GET path`, or `POST path` with a JSON
+/// body. For set-up and scraping, not for measuring.
+pub async fn request(
+    addr: SocketAddr,
+    path: &str,
+    json_body: Option<String>,
+) -> Result<(u16, Bytes), BenchError> {
+    let mut sender = connect(addr).await?;
+    let builder = Request::builder().header("host", "127.0.0.1").uri(path);
+    let request = match json_body {
+        Some(body) => builder
+            .method("POST")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body))),
+        None => builder.body(Full::default()),
+    }
+    .map_err(|e| BenchError::Check(format!("request {path}: {e}")))?;
+    exchange(&mut sender, request)
+        .await
+        .map_err(|e| BenchError::Check(format!("{path} on {addr}: {e}")))
+}
+
+/// Asks for every seeded record `1..=records` once, over `connections`
+/// keep-alive connections: fills a gateway's cache (single lookups fill it;
+/// bulk lookups only read it).
+pub async fn fill(addr: SocketAddr, records: u64, connections: u64) -> Result<(), BenchError> {
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut sender = connect(addr).await?;
+                for i in (1 + c..=records).step_by(connections as usize) {
+                    let uri = format!(
+                        "/v1/addons/{}/hashes/{}",
+                        percent_encode(&seeded_addon(i)),
+                        seeded_hash(i)
+                    );
+                    let request = Request::builder()
+                        .uri(uri)
+                        .header("host", "127.0.0.1")
+                        .body(Full::default())
+                        .map_err(|e| BenchError::Check(format!("fill request: {e}")))?;
+                    let (status, _) = exchange(&mut sender, request)
+                        .await
+                        .map_err(|e| BenchError::Check(format!("fill: {e}")))?;
+                    if status != 200 {
+                        return Err(BenchError::Check(format!("fill: record {i} got {status}")));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .map_err(|e| BenchError::Check(format!("a fill task failed: {e}")))??;
+    }
+    Ok(())
+}
+
 /// The `reads` command's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ReadsRun {
     /// The traffic; `rate` is ignored (the run picks its rates).
     pub shape: Shape,
@@ -455,6 +539,8 @@ pub struct ReadsRun {
     pub cache_entries: u64,
     /// Generator seed.
     pub seed: u64,
+    /// Every answer of every measurement (warm-up included) is added here.
+    pub answered: Arc<AtomicU64>,
 }
 
 /// Seeds a scratch database, starts a release gateway on it, and drives it
@@ -482,9 +568,10 @@ async fn measure(
         rate: None,
         ..run.shape
     };
-    drive(addr, warm, run.seed).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let drive = |shape, seed| drive_counted(addr, shape, seed, stop.clone(), run.answered.clone());
+    drive(warm, run.seed).await?;
     let closed = drive(
-        addr,
         Shape {
             rate: None,
             ..run.shape
@@ -499,7 +586,7 @@ async fn measure(
             rate: Some(capacity * share),
             ..run.shape
         };
-        runs.push(drive(addr, open, run.seed.wrapping_add(1)).await?);
+        runs.push(drive(open, run.seed.wrapping_add(1)).await?);
     }
     Ok(runs)
 }

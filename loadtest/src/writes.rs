@@ -18,7 +18,7 @@ use crate::env::{Scratch, Target};
 const IN_FLIGHT: usize = 1_000;
 
 /// One measurement's shape.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Scenario {
     /// Ops in each message.
     pub ops_per_message: usize,
@@ -26,10 +26,12 @@ pub struct Scenario {
     pub messages: usize,
     /// Worker processes draining it.
     pub workers: usize,
+    /// The workers' `--batch-max-messages`; their default when `None`.
+    pub batch_max_messages: Option<usize>,
 }
 
 /// What one scenario measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Measured {
     /// The shape.
     pub scenario: Scenario,
@@ -113,9 +115,13 @@ async fn measure(
     }
     let publish_per_sec = scenario.messages as f64 / started.elapsed().as_secs_f64();
 
+    let batch_args: Vec<String> = scenario
+        .batch_max_messages
+        .map(|n| vec!["--batch-max-messages".into(), n.to_string()])
+        .unwrap_or_default();
     let started = Instant::now();
     let _workers: Vec<_> = (0..scenario.workers)
-        .map(|_| scratch.start_worker(target, &[]))
+        .map(|_| scratch.start_worker(target, &batch_args))
         .collect::<Result<_, _>>()?;
     loop {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM receipts")
