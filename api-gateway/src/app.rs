@@ -20,6 +20,7 @@ use crate::cache::{CacheConfig, CacheControl, CachedReads};
 use crate::http_caching::CachePolicy;
 use crate::metrics::Metrics;
 use crate::replicas::{self, Replica};
+use crate::server::{self, ConnectionMetrics, Limits};
 use crate::settings::Settings;
 use crate::store::ReadStore;
 use crate::summary::Summary;
@@ -63,6 +64,7 @@ pub struct App {
     version: Arc<VersionInfo>,
     registry: prometheus::Registry,
     summary: Summary,
+    limits: Limits,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -81,6 +83,7 @@ impl App {
             }
             .into());
         }
+        let limits = settings.http_limits()?;
         let replicas = Arc::new(replicas::connect(&settings.read_urls(), &settings.pool)?);
         let public = bind("ADDONREG_LISTEN", settings.listen).await?;
         let admin = match settings.metrics_listen.0 {
@@ -129,6 +132,7 @@ impl App {
             version: Arc::new(VersionInfo::load(&settings.version_file)),
             registry,
             summary,
+            limits,
         })
     }
 
@@ -166,10 +170,16 @@ impl App {
             replicas = self.replicas.len(),
             "gateway listening"
         );
-        let public = warp::serve(routes)
-            .incoming(self.public)
-            .graceful(stop.clone().cancelled_owned())
-            .run();
+        let public = server::serve(
+            self.public,
+            routes,
+            self.limits,
+            ConnectionMetrics {
+                open: self.metrics.http_connections_open.clone(),
+                refused: self.metrics.http_connections_refused.clone(),
+            },
+            stop.clone().cancelled_owned(),
+        );
         let admin = async {
             if let Some(listener) = self.admin {
                 shared::admin::serve(listener, self.registry, stop.clone().cancelled_owned()).await;

@@ -16,6 +16,8 @@
 //! - `http_caching`: `ETag`, `Last-Modified`, `Cache-Control` and 304s of
 //!   single-record answers.
 //! - `dockerflow`: `/__lbheartbeat__`, `/__heartbeat__`, `/__version__`.
+//! - `server`: the public listener's accept loop and connections, with their
+//!   limits (header and idle timeouts, most connections open).
 //! - `errors`: the one mapping of failures to HTTP answers.
 //! - `summary`: per-request metrics and sampled `request.summary` log lines.
 
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod replicas;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod store;
 pub mod summary;

@@ -49,6 +49,11 @@ pub struct Metrics {
     /// `invalidation_delay_seconds`: from a worker's commit to this gateway
     /// evicting its keys (the freshness delay, by the worker's clock).
     pub invalidation_delay: Histogram,
+    /// `http_connections_open`: connections open on the public listener.
+    pub http_connections_open: IntGauge,
+    /// `http_connections_refused_total`: connections closed as soon as
+    /// accepted, because `ADDONREG_HTTP_MAX_CONNECTIONS` were open.
+    pub http_connections_refused: IntCounter,
 }
 
 /// Buckets of `request_duration_seconds`, from 50 µs to 1 s.
@@ -144,6 +149,14 @@ impl Metrics {
             broker_connected,
             requests,
             request_duration,
+            http_connections_open: gauge(
+                "http_connections_open",
+                "Connections open on the public listener.",
+            )?,
+            http_connections_refused: counter(
+                "http_connections_refused_total",
+                "Connections closed as soon as accepted, over the connection limit.",
+            )?,
         })
     }
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::settings::{AmqpSettings, LogSettings, OptionalListen, PoolSettings, Secret};
+use shared::settings::{
+    AmqpSettings, InvalidSetting, LogSettings, OptionalListen, PoolSettings, Secret,
+};
+
+use crate::server::Limits;
 
 /// addonreg's read gateway.
 #[derive(Debug, Clone, Parser)]
@@ -95,6 +99,34 @@ pub struct Settings {
     #[arg(long, env = "ADDONREG_REQUEST_LOG_SAMPLE", default_value_t = 1.0)]
     pub request_log_sample: f64,
 
+    /// Longest a client may take to send a request's head (request line and
+    /// headers), in ms, counted from its first byte (from connecting, for a
+    /// connection's first request); the connection is then closed.
+    /// [env: ADDONREG_HTTP_HEADER_READ_TIMEOUT_MS]
+    // Slow-header clients (one byte a second, never done) would otherwise
+    // hold a connection each for as long as they like.
+    #[arg(
+        long,
+        env = "ADDONREG_HTTP_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub http_header_read_timeout_ms: u64,
+
+    /// Longest a keep-alive connection may wait for its next request, in ms,
+    /// once the last one is answered; it is then closed.
+    /// [env: ADDONREG_HTTP_IDLE_TIMEOUT_MS]
+    // Above the keep-alive timeouts of CDNs' origin pools, so that they
+    // close first and never send on a connection that is closing here.
+    #[arg(long, env = "ADDONREG_HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub http_idle_timeout_ms: u64,
+
+    /// Most connections open at once on the public listener; beyond it, new
+    /// ones are accepted and closed at once. Keep it below the open-files
+    /// limit (`ulimit -n`), which the database and broker sockets share.
+    /// [env: ADDONREG_HTTP_MAX_CONNECTIONS]
+    #[arg(long, env = "ADDONREG_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: u32,
+
     #[command(flatten)]
     pub amqp: AmqpSettings,
 
@@ -124,7 +156,36 @@ impl Settings {
     pub fn read_timeout(&self) -> Duration {
         Duration::from_millis(self.read_timeout_ms)
     }
+
+    /// The public listener's limits, or which `ADDONREG_HTTP_*` is wrong.
+    pub fn http_limits(&self) -> Result<Limits, InvalidSetting> {
+        let millis = |variable, ms| match ms {
+            1..=MAX_HTTP_TIMEOUT_MS => Ok(Duration::from_millis(ms)),
+            _ => Err(InvalidSetting {
+                variable,
+                problem: format!("must be from 1 to {MAX_HTTP_TIMEOUT_MS} (a day), not {ms}"),
+            }),
+        };
+        if self.http_max_connections == 0 {
+            return Err(InvalidSetting {
+                variable: "ADDONREG_HTTP_MAX_CONNECTIONS",
+                problem: "must be at least 1".into(),
+            });
+        }
+        Ok(Limits {
+            header_read_timeout: millis(
+                "ADDONREG_HTTP_HEADER_READ_TIMEOUT_MS",
+                self.http_header_read_timeout_ms,
+            )?,
+            idle_timeout: millis("ADDONREG_HTTP_IDLE_TIMEOUT_MS", self.http_idle_timeout_ms)?,
+            max_connections: self.http_max_connections,
+        })
+    }
 }
+
+/// Longest HTTP timeout accepted: a day (longer is a typo, and would
+/// overflow deadlines near `u64::MAX`).
+const MAX_HTTP_TIMEOUT_MS: u64 = 86_400_000;
 
 #[cfg(test)]
 mod tests {
@@ -144,6 +205,9 @@ mod tests {
         assert_eq!(s.replica_check_interval_ms, 1_000);
         assert_eq!(s.cache_disconnected_ttl_ms, 1_000);
         assert_eq!(s.request_log_sample, 1.0);
+        assert_eq!(s.http_header_read_timeout_ms, 5_000);
+        assert_eq!(s.http_idle_timeout_ms, 60_000);
+        assert_eq!(s.http_max_connections, 10_000);
         let s = Settings::try_parse_from([
             "api-gateway",
             "--replica-urls",
@@ -154,5 +218,37 @@ mod tests {
         .unwrap();
         assert_eq!(s.read_urls().len(), 2);
         assert_eq!(s.metrics_listen.0, None);
+    }
+
+    #[test]
+    fn http_limits_are_checked_and_name_their_variable() {
+        let limits = |args: &[&str]| {
+            let s = Settings::try_parse_from(["api-gateway"].iter().chain(args)).unwrap();
+            s.http_limits()
+        };
+        let ok = limits(&[]).unwrap();
+        assert_eq!(ok.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(ok.idle_timeout, Duration::from_secs(60));
+        assert_eq!(ok.max_connections, 10_000);
+        for (args, variable) in [
+            (
+                ["--http-header-read-timeout-ms", "0"],
+                "ADDONREG_HTTP_HEADER_READ_TIMEOUT_MS",
+            ),
+            (
+                ["--http-idle-timeout-ms", "86400001"],
+                "ADDONREG_HTTP_IDLE_TIMEOUT_MS",
+            ),
+            (
+                ["--http-max-connections", "0"],
+                "ADDONREG_HTTP_MAX_CONNECTIONS",
+            ),
+        ] {
+            assert_eq!(limits(&args).unwrap_err().variable, variable, "{args:?}");
+        }
+        // Not a number: clap refuses it, naming the flag.
+        let e = Settings::try_parse_from(["api-gateway", "--http-max-connections", "lots"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--http-max-connections"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! The gateway's integration tests, against real Postgres (with a real
 //! streaming replica) and RabbitMQ.
 
+mod abuse;
 mod foundation;
 mod freshness;
 mod fuzz;
