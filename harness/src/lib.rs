@@ -17,6 +17,7 @@ pub mod broker;
 pub mod cluster;
 pub mod database;
 pub mod process;
+pub mod rabbit;
 pub mod sentry;
 
 pub use broker::{BrokerRole, BrokerUser, TestBroker};

@@ -29,6 +29,7 @@ pub mod backfill;
 pub mod baseline;
 pub mod bench;
 pub mod cache;
+pub mod chaos;
 pub mod check;
 pub mod env;
 pub mod freshness;

@@ -53,6 +53,13 @@ enum Command {
     /// report.json, report.md and SVG plots; Ctrl-C keeps a partial report.
     /// Exits non-zero when a correctness check fails.
     Bench(BenchArgs),
+    /// Fault injection under steady load, on a stack of its own (Postgres
+    /// primary and replica, RabbitMQ node, release gateways and workers):
+    /// workers, broker, primary, replica and gateway failures, poison and a
+    /// burst, one at a time, each timed to recovery; every write checked
+    /// against the contract. Writes target/loadtest/chaos-<timestamp>/.
+    /// Exits non-zero when a write is lost, applied twice or misfiled.
+    Chaos(loadtest::chaos::ChaosArgs),
     /// The baseline server: answers one fixed record to every GET.
     BareWarp {
         /// Where to listen.
@@ -344,6 +351,7 @@ async fn main() -> ExitCode {
         Command::Reads(args) => reads_check(args).await,
         Command::Freshness(args) => freshness(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Chaos(args) => loadtest::chaos::command(args).await,
         Command::BareWarp { listen } => {
             reads::serve_bare_warp(listen).await;
             Ok(())

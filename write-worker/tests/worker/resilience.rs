@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use harness::rabbit::RabbitNode;
 use harness::{TestBroker, TestCluster, TestDb, free_port};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -295,4 +296,96 @@ async fn sigterm_while_busy_commits_the_batch_in_hand_and_exits_cleanly() {
     let receipts = wait_for_receipts(&db, &ids, Duration::from_secs(60)).await;
     assert!(receipts.values().all(|(s, _)| s == "applied"));
     assert_eq!(duplicated_ops(&db).await, 0);
+}
+
+#[tokio::test]
+async fn a_broker_restart_loses_nothing() {
+    // A node of the test's own: stopping the machine's would break every
+    // other test running beside this one.
+    let node = RabbitNode::start();
+    let db = TestDb::new().await;
+    let mut broker = TestBroker::new();
+    broker.url = node.amqp_url();
+    let amo = Amo::connect(&broker).await;
+    let before: Vec<String> = (0..30).map(|i| format!("bulk-{i:02}")).collect();
+    for (i, id) in before.iter().enumerate() {
+        amo.publish(&bulk(id, i as u32, i as u32 * 1_000, 1_000))
+            .await;
+    }
+    let port = free_port();
+    let args = ["--batch-max-messages", "2", "--prefetch", "4"];
+    let mut worker = start_worker(&db, &broker, port, &args);
+    // Stop the broker mid-stream: once something is committed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let committed = loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM receipts")
+            .fetch_one(&db.owner)
+            .await
+            .unwrap();
+        if done > 0 {
+            break done;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    drop(amo);
+    node.stop();
+    eprintln!(
+        "broker stopped with {committed} of {} writes committed",
+        before.len()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        worker.wait_exit(Duration::ZERO),
+        None,
+        "the worker outlives the broker"
+    );
+    node.restart();
+
+    let amo = Amo::connect(&broker).await;
+    let after: Vec<String> = (0..50).map(|i| format!("after-{i:02}")).collect();
+    for (i, id) in after.iter().enumerate() {
+        amo.publish(&write(
+            id,
+            &at(100 + i as u32),
+            json!([{"op": "revoke", "addon_id": "single@x", "sha256": hash(i as u32)}]),
+        ))
+        .await;
+    }
+    let all: Vec<String> = before.iter().chain(&after).cloned().collect();
+    let receipts = wait_for_receipts(&db, &all, Duration::from_secs(90)).await;
+    assert!(
+        receipts.values().all(|(s, _)| s == "applied"),
+        "{receipts:?}"
+    );
+    assert_eq!(duplicated_ops(&db).await, 0, "no op applied twice");
+    let records = stored_records(&db).await;
+    assert_eq!(records.len(), 30 * 1_000 + 50, "every pair, once");
+    for h in 0..30 * 1_000 {
+        let got = &records[&("bulk@x".to_string(), hash(h))];
+        let version = format!("bulk-{:02}", h / 1_000);
+        assert_eq!(got.1.as_deref(), Some(version.as_str()), "pair {h}");
+    }
+    for h in 0..50 {
+        assert_eq!(records[&("single@x".to_string(), hash(h))].0, "revoked");
+    }
+    assert_eq!(dead_letters(&broker).await, 0, "nothing dead-lettered");
+    assert_eq!(
+        worker.wait_exit(Duration::ZERO),
+        None,
+        "the worker never exited"
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconnects = metrics
+        .lines()
+        .find(|l| l.starts_with("addonreg_worker_broker_reconnects_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("reconnect counter");
+    assert!(reconnects >= 1.0, "{reconnects}");
 }
