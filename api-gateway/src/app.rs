@@ -84,7 +84,13 @@ impl App {
             .into());
         }
         let limits = settings.http_limits()?;
-        let replicas = Arc::new(replicas::connect(&settings.read_urls(), &settings.pool)?);
+        // A read given up after its attempt timeout must not keep its
+        // connection busy on the server for longer: under a long-held lock
+        // the pool would otherwise stay empty for the whole statement
+        // timeout (seen in `loadtest chaos`, primary-slow).
+        let mut pool = settings.pool.clone();
+        pool.statement_timeout_ms = pool.statement_timeout_ms.min(settings.read_timeout_ms);
+        let replicas = Arc::new(replicas::connect(&settings.read_urls(), &pool)?);
         let public = bind("ADDONREG_LISTEN", settings.listen).await?;
         let admin = match settings.metrics_listen.0 {
             Some(addr) => Some(bind("ADDONREG_METRICS_LISTEN", addr).await?),

@@ -105,8 +105,10 @@ async fn measure(
         // A fresh gateway, so that only records fill it (the sweep's reads
         // also cache unknown keys and listings), with room for every one:
         // the default memory bound (512 MiB) would evict before 1 M.
+        // Twice the entries it needs: moka's admission turns candidates
+        // away once its (approximate) capacity is nearly reached.
         let room = [("ADDONREG_CACHE_MAX_BYTES", (4u64 << 30).to_string())];
-        let gateway = Gateway::start(target, scratch, sweep.records, &room).await?;
+        let gateway = Gateway::start(target, scratch, sweep.records * 2, &room).await?;
         Some(gateway.fill(sweep.records).await?)
     } else {
         None

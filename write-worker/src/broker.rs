@@ -11,7 +11,7 @@ use shared::settings::Secret;
 use shared::topology::{REPLY_SUCCESS, Topology};
 
 /// First and longest wait between connection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(3));
 
 /// A connection with one channel and the topology declared.
 pub struct Session {

@@ -385,3 +385,47 @@ async fn sigterm_closes_idle_connections_at_once() {
     assert!(status.success(), "{status:?}");
     assert!(stopping.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test]
+async fn a_read_given_up_on_frees_its_database_connection_then_too() {
+    // The records table locked (as by a long migration): every read waits.
+    // The gateway gives up after its read timeout, and the statement it left
+    // running on the server must end then too, not after the longer
+    // statement timeout, or the pool stays empty long after the lock is gone.
+    let (db, gw) = gateway(&[
+        ("ADDONREG_READ_TIMEOUT_MS", "500"),
+        ("ADDONREG_DB_STATEMENT_TIMEOUT_MS", "30000"),
+        ("ADDONREG_CACHE_MAX_ENTRIES", "0"),
+    ])
+    .await;
+    let mut lock = db.owner.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE records IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let status = fetch(&gw).await.expect("an answer");
+    assert_eq!(
+        status, 503,
+        "no source could answer within the read timeout"
+    );
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'addonreg-gateway' \
+               AND state = 'active' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db.owner)
+        .await
+        .expect("pg_stat_activity")
+    };
+    // With the 30 s statement timeout the query would wait for the lock
+    // for 30 s; capped at the read timeout it is cancelled after 500 ms.
+    eventually(
+        Duration::from_secs(5),
+        "the abandoned read cancelled",
+        || async { waiting().await == 0 },
+    )
+    .await;
+    lock.rollback().await.expect("unlock");
+    assert_eq!(fetch(&gw).await.expect("an answer"), 200);
+}
