@@ -113,3 +113,27 @@ pub async fn wait_for_http(url: &str, status: u16, limit: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The workspace's debug directory, with `write-worker` and `api-gateway`
+/// built in it (once, when missing): for tests outside those two crates,
+/// which cargo does not build their binaries for.
+pub fn debug_bin_dir() -> std::path::PathBuf {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| workspace.join("target"));
+    let dir = target.join("debug");
+    for bin in ["write-worker", "api-gateway"] {
+        if dir.join(bin).exists() {
+            continue;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--quiet", "-p", bin, "--bin", bin])
+            .current_dir(&workspace)
+            .status()
+            .expect("run cargo build");
+        assert!(built.success(), "build {bin}");
+    }
+    dir
+}

@@ -74,7 +74,7 @@ async fn measure(
     scratch: &Scratch,
     sweep: CacheSweep,
 ) -> Result<(Vec<CacheRun>, Option<CacheMemory>), BenchError> {
-    seed(scratch, sweep.records).await?;
+    seed(&scratch.pool, sweep.records).await?;
     let shape = Shape {
         records: sweep.records,
         rate: None,

@@ -259,10 +259,38 @@ pub async fn run(
 }
 
 /// One dead letter as read.
-struct DeadLetter {
-    message_id: Option<String>,
-    reason: Option<String>,
-    body: Vec<u8>,
+pub struct DeadLetter {
+    /// Its AMQP `message_id`.
+    pub message_id: Option<String>,
+    /// The worker's reason header.
+    pub reason: Option<String>,
+    /// Its body, as published.
+    pub body: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// The dead letter `delivery` carries.
+    pub fn of(delivery: lapin::message::Delivery) -> Self {
+        let reason = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(REASON_HEADER))
+            .and_then(|v| match v {
+                AMQPValue::LongString(s) => Some(s.to_string()),
+                AMQPValue::ShortString(s) => Some(s.to_string()),
+                _ => None,
+            });
+        Self {
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string()),
+            reason,
+            body: delivery.data,
+        }
+    }
 }
 
 /// The dead queue, read without declaring it.
@@ -309,25 +337,7 @@ impl DeadQueue {
             };
             let delivery = got.delivery;
             last_tag = Some(delivery.delivery_tag);
-            let reason = delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get(REASON_HEADER))
-                .and_then(|v| match v {
-                    AMQPValue::LongString(s) => Some(s.to_string()),
-                    AMQPValue::ShortString(s) => Some(s.to_string()),
-                    _ => None,
-                });
-            letters.push(DeadLetter {
-                message_id: delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.to_string()),
-                reason,
-                body: delivery.data,
-            });
+            letters.push(DeadLetter::of(delivery));
         }
         if let Some(tag) = last_tag {
             self.channel

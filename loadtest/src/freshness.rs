@@ -75,7 +75,7 @@ async fn measure(
     scratch: &Scratch,
     run: FreshnessRun,
 ) -> Result<Freshness, BenchError> {
-    crate::reads::seed(scratch, run.records).await?;
+    crate::reads::seed(&scratch.pool, run.records).await?;
     let _worker = scratch.start_worker(target, &["run".to_string()])?;
     let port = crate::reads::free_port()?;
     let _gateway = crate::reads::start_gateway(target, scratch, port, 1_000_000)?;

@@ -101,7 +101,7 @@ async fn measure(
     scratch: &Scratch,
     bench: ReadBench,
 ) -> Result<(Vec<HttpRun>, f64), BenchError> {
-    seed(scratch, bench.records as u64).await?;
+    seed(&scratch.pool, bench.records as u64).await?;
 
     let gateway_port = free_port()?;
     let uncached_port = free_port()?;
@@ -154,7 +154,7 @@ async fn measure(
 
 /// Seeds records 1..=`records` (see [`seeded_addon`], [`seeded_hash`]):
 /// registered, version 1.0, at [`SEEDED_AT`].
-pub async fn seed(scratch: &Scratch, records: u64) -> Result<(), BenchError> {
+pub async fn seed(pool: &sqlx::PgPool, records: u64) -> Result<(), BenchError> {
     sqlx::query(
         "INSERT INTO records (addon_id, sha256, status, version, registered_at, updated_at, \
                               last_write_id, last_op_index, ops) \
@@ -164,11 +164,9 @@ pub async fn seed(scratch: &Scratch, records: u64) -> Result<(), BenchError> {
          FROM generate_series(1, $1::int8) AS i",
     )
     .bind(records as i64)
-    .execute(&scratch.pool)
+    .execute(pool)
     .await?;
-    sqlx::query("ANALYZE records")
-        .execute(&scratch.pool)
-        .await?;
+    sqlx::query("ANALYZE records").execute(pool).await?;
     Ok(())
 }
 

@@ -557,7 +557,7 @@ async fn measure(
     scratch: &crate::env::Scratch,
     run: ReadsRun,
 ) -> Result<Vec<Measured>, BenchError> {
-    crate::reads::seed(scratch, run.shape.records).await?;
+    crate::reads::seed(&scratch.pool, run.shape.records).await?;
     let port = crate::reads::free_port()?;
     let _gateway = crate::reads::start_gateway(target, scratch, port, run.cache_entries)?;
     crate::reads::wait_listening(port).await?;

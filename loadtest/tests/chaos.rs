@@ -3,34 +3,11 @@
 //! under low steady load, on a stack of the run's own with debug binaries.
 //! Nothing may be lost, applied twice or misfiled, and reads must recover.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use loadtest::chaos::{Scenario, Settings};
 
-/// The workspace's debug directory, with `write-worker` and `api-gateway`
-/// built in it (once, as the smoke tests do, when missing).
-fn debug_bin_dir() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace.join("target"));
-    let dir = target.join("debug");
-    for bin in ["write-worker", "api-gateway"] {
-        if dir.join(bin).exists() {
-            continue;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "--quiet", "-p", bin, "--bin", bin])
-            .current_dir(&workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(built.success(), "build {bin}");
-    }
-    dir
-}
+use harness::process::debug_bin_dir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_lose_nothing_apply_nothing_twice_and_reads_recover() {

@@ -2,31 +2,10 @@
 //! `backfill`, `reads` and `freshness` run against real (debug) workers and
 //! gateways in scratch stacks, exit 0, and report every correctness count as 0.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-/// The workspace's debug directory, with `write-worker` and `api-gateway`
-/// built in it (once, as api-gateway's tests do, when missing).
-fn debug_bin_dir() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace.join("target"));
-    let dir = target.join("debug");
-    for bin in ["write-worker", "api-gateway"] {
-        if dir.join(bin).exists() {
-            continue;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "--quiet", "-p", bin, "--bin", bin])
-            .current_dir(&workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(built.success(), "build {bin}");
-    }
-    dir
-}
+use harness::process::debug_bin_dir;
 
 /// Runs `loadtest` with `args`; returns its stdout once it exited 0.
 fn loadtest(args: &[&str]) -> String {

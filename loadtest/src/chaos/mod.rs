@@ -395,22 +395,10 @@ async fn scenarios(
     Ok(())
 }
 
-/// Seeds records 1..=`records` as [`crate::reads::seed`] does, so that
+/// Seeds records 1..=`records` as every read benchmark does, so that
 /// [`crate::traffic`] knows every answer.
 async fn seed_records(stack: &Stack, records: u64) -> Result<(), BenchError> {
-    sqlx::query(
-        "INSERT INTO records (addon_id, sha256, status, version, registered_at, updated_at, \
-                              last_write_id, last_op_index, ops) \
-         SELECT 'addon' || (i % 1000) || '@bench', \
-                int8send(i) || int8send(i) || int8send(i) || int8send(i), 'registered', '1.0', \
-                '2026-11-22T10:00:00Z', '2026-11-22T10:00:00Z', 'seed', 0, '[]' \
-         FROM generate_series(1, $1::int8) AS i",
-    )
-    .bind(records as i64)
-    .execute(&stack.owner)
-    .await?;
-    sqlx::query("ANALYZE records").execute(&stack.owner).await?;
-    Ok(())
+    crate::reads::seed(&stack.owner, records).await
 }
 
 /// `loadtest chaos`: runs, prints the table (partial after Ctrl-C), writes

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use shared::topology::{REASON_HEADER, Topology};
+use shared::topology::Topology;
 
 use crate::BenchError;
 use crate::mix::{self, Plan};
@@ -95,12 +95,7 @@ pub async fn wait_for_receipts(owner: &PgPool, sent: &[Sent<'_>], limit: Duratio
     true
 }
 
-/// One dead letter.
-pub struct DeadLetter {
-    message_id: Option<String>,
-    reason: Option<String>,
-    body: Vec<u8>,
-}
+pub use crate::check::DeadLetter;
 
 /// Takes every dead letter out of the dead queue (the runner owns it:
 /// each scenario starts with it empty), waiting up to a grace period for
@@ -151,25 +146,7 @@ pub async fn take_dead_letters(
             else {
                 break;
             };
-            let reason = delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get(REASON_HEADER))
-                .and_then(|v| match v {
-                    AMQPValue::LongString(s) => Some(s.to_string()),
-                    AMQPValue::ShortString(s) => Some(s.to_string()),
-                    _ => None,
-                });
-            letters.push(DeadLetter {
-                message_id: delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.to_string()),
-                reason,
-                body: delivery.data,
-            });
+            letters.push(DeadLetter::of(delivery));
         }
     }
     let _ = conn.close(0, "checked".into()).await;
