@@ -152,28 +152,41 @@ impl Gateway {
         let child = start_gateway_with(target, scratch, port, size, Some(metrics_port), extra)?;
         wait_listening(port).await?;
         wait_listening(metrics_port).await?;
-        Ok(Self {
+        let gateway = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
-        })
+        };
+        // Subscribing to invalidations clears the cache (events may have
+        // been missed before): what was cached earlier would be lost.
+        for _ in 0..100 {
+            if gateway.value("addonreg_gateway_broker_connected").await? == 1 {
+                return Ok(gateway);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BenchError::Timeout(
+            "the gateway did not subscribe to invalidations within 10 s".into(),
+        ))
     }
 
     async fn metrics(&self) -> Result<Scrape, BenchError> {
-        let (_, body) = traffic::request(self.metrics, "/metrics", None).await?;
-        let text = String::from_utf8_lossy(&body);
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .map(|v| v as u64)
-                .ok_or_else(|| BenchError::Check(format!("no {name} in the gateway's /metrics")))
-        };
         Ok(Scrape {
-            hits: value("addonreg_gateway_cache_hits_total")?,
-            misses: value("addonreg_gateway_cache_misses_total")?,
-            entries: value("addonreg_gateway_cache_entries")?,
+            hits: self.value("addonreg_gateway_cache_hits_total").await?,
+            misses: self.value("addonreg_gateway_cache_misses_total").await?,
+            entries: self.value("addonreg_gateway_cache_entries").await?,
         })
+    }
+
+    /// One unlabelled metric of the gateway's.
+    async fn value(&self, name: &str) -> Result<u64, BenchError> {
+        let (_, body) = traffic::request(self.metrics, "/metrics", None).await?;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .ok_or_else(|| BenchError::Check(format!("no {name} in the gateway's /metrics")))
     }
 
     /// Caches every record, then reads the process's memory.
@@ -182,11 +195,19 @@ impl Gateway {
         let started = Instant::now();
         traffic::fill(self.addr, records, 32).await?;
         let fill_seconds = started.elapsed().as_secs_f64();
-        // The gauges are refreshed in the background; give them a beat.
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let scrape = self.metrics().await?;
+        // The gauge is refreshed every second and moka counts lazily: wait
+        // until two readings agree (at most 10 s).
+        let mut entries = self.metrics().await?.entries;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            let now = self.metrics().await?.entries;
+            if now == entries {
+                break;
+            }
+            entries = now;
+        }
         Ok(CacheMemory {
-            entries: scrape.entries,
+            entries,
             rss_before_bytes,
             rss_bytes: self.rss()?,
             fill_seconds,
