@@ -220,6 +220,36 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
+/// Publishes `samples` probe writes one after another and times each from
+/// its receipt on the primary to gateway `addr` serving it: the delays, and
+/// how many were never served within [`SAMPLE_LIMIT`].
+async fn sample_freshness(
+    stack: &Stack,
+    addr: std::net::SocketAddr,
+    probe: &mut Probe,
+    samples: usize,
+) -> Result<(Histogram<u64>, usize), BenchError> {
+    let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| BenchError::Check(format!("histogram: {e}")))?;
+    let mut missed = 0;
+    for _ in 0..samples {
+        let (id, version) = probe
+            .publish(Instant::now() + Duration::from_secs(30))
+            .await?;
+        let since = Instant::now();
+        match probe
+            .sightings(&stack.owner, addr, &id, &version, since, SAMPLE_LIMIT)
+            .await
+        {
+            Some((receipt, served)) => {
+                delays.saturating_record((served.saturating_sub(receipt).as_micros() as u64).max(1))
+            }
+            None => missed += 1,
+        }
+    }
+    Ok((delays, missed))
+}
+
 /// Injects `scenario`'s fault and returns once it is lifted, with the
 /// seconds lifting took.
 async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError> {
@@ -315,6 +345,21 @@ async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError
         Scenario::ReplicaPause => {
             let start = Instant::now();
             stack.replay(true).await?;
+            // The freshness promise holds while a replica lags: new writes
+            // are fenced, so the gateway reads them where they are replayed.
+            let mut probe = Probe::new(
+                "replica-paused",
+                &stack.amo_url,
+                &stack.topology.writes_exchange,
+            );
+            let samples = ctx.settings.freshness_samples;
+            let (delays, missed) =
+                sample_freshness(stack, stack.gateway_addr(0), &mut probe, samples).await?;
+            ctx.notes.push(format!(
+                "freshness while replay was paused: p99 {:.1} ms, max {:.1} ms over {samples} samples, {missed} never served",
+                delays.value_at_quantile(0.99) as f64 / 1000.0,
+                delays.max() as f64 / 1000.0
+            ));
             tokio::time::sleep_until((start + fault).into()).await;
             let lift = Instant::now();
             stack.replay(false).await?;
@@ -460,28 +505,15 @@ pub async fn run(
     let during = window.finish().await?;
     read_stats(&mut result, &during);
 
-    let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| BenchError::Check(format!("histogram: {e}")))?;
     if result.recovery_s.is_some() {
-        for _ in 0..settings.freshness_samples {
-            let (id, version) = probe
-                .publish(Instant::now() + Duration::from_secs(30))
-                .await?;
-            let since = Instant::now();
-            match probe
-                .sightings(&stack.owner, addrs[0], &id, &version, since, SAMPLE_LIMIT)
-                .await
-            {
-                Some((receipt, served)) => delays
-                    .saturating_record((served.saturating_sub(receipt).as_micros() as u64).max(1)),
-                None => result.freshness_missed += 1,
-            }
-            result.freshness_samples += 1;
+        let (delays, missed) =
+            sample_freshness(stack, addrs[0], &mut probe, settings.freshness_samples).await?;
+        result.freshness_samples = settings.freshness_samples;
+        result.freshness_missed = missed;
+        if !delays.is_empty() {
+            result.freshness_p99_ms = Some(delays.value_at_quantile(0.99) as f64 / 1000.0);
+            result.freshness_max_ms = Some(delays.max() as f64 / 1000.0);
         }
-    }
-    if !delays.is_empty() {
-        result.freshness_p99_ms = Some(delays.value_at_quantile(0.99) as f64 / 1000.0);
-        result.freshness_max_ms = Some(delays.max() as f64 / 1000.0);
     }
 
     finish(&mut ctx, &mut result).await?;
