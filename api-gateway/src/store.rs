@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use thiserror::Error;
+use tokio::sync::Notify;
 
 use shared::domain::{AddonId, Sha256, Timestamp, Version, WriteId};
 use shared::event::Lsn;
@@ -134,6 +135,10 @@ struct Inner {
     /// Per replica: when it last failed, in ms after `epoch` (at least 1);
     /// 0 once it answered again.
     failed_at: Vec<AtomicU64>,
+    /// Per replica: told when it goes from answering to failed, so that the
+    /// reads already waiting on it (for a connection sqlx keeps retrying)
+    /// move on at once instead of each paying the attempt timeout.
+    went_down: Vec<Notify>,
     epoch: Instant,
 }
 
@@ -183,12 +188,14 @@ impl ReadStore {
     /// A store over `replicas` (at least one), giving each `attempt_timeout`.
     pub fn new(replicas: Arc<Vec<Replica>>, attempt_timeout: Duration) -> Self {
         let failed_at = replicas.iter().map(|_| AtomicU64::new(0)).collect();
+        let went_down = replicas.iter().map(|_| Notify::new()).collect();
         Self {
             inner: Arc::new(Inner {
                 replicas,
                 next: AtomicUsize::new(0),
                 attempt_timeout,
                 failed_at,
+                went_down,
                 epoch: Instant::now(),
             }),
         }
@@ -198,8 +205,23 @@ impl ReadStore {
     /// down is tried last by every read (no request pays for finding out),
     /// one that answers is back in the rotation.
     pub fn mark_health(&self, index: usize, up: bool) {
-        if let Some(failed_at) = self.inner.failed_at.get(index) {
-            failed_at.store(if up { 0 } else { self.now_ms() }, Ordering::Relaxed);
+        if up {
+            if let Some(failed_at) = self.inner.failed_at.get(index) {
+                failed_at.store(0, Ordering::Relaxed);
+            }
+        } else {
+            self.mark_failed(index);
+        }
+    }
+
+    /// Records that replica `index` failed just now; if it was answering
+    /// until then, the reads waiting on it give up and try the next one.
+    fn mark_failed(&self, index: usize) {
+        let Some(failed_at) = self.inner.failed_at.get(index) else {
+            return;
+        };
+        if failed_at.swap(self.now_ms(), Ordering::Relaxed) == 0 {
+            self.inner.went_down[index].notify_waiters();
         }
     }
 
@@ -246,15 +268,29 @@ impl ReadStore {
     {
         for i in self.attempt_order() {
             let replica = &self.inner.replicas[i];
+            // Registered before the attempt starts: a failure seen by any
+            // read from now on ends this attempt too.
+            let went_down = self.inner.went_down[i].notified();
             let attempt =
                 tokio::time::timeout(self.inner.attempt_timeout, query(replica.pool.clone()));
-            let outcome = attempt.await;
-            let failed_at = match &outcome {
-                Ok(Err(e)) if !is_about_the_rows(e) => self.now_ms(),
-                Err(_) => self.now_ms(),
-                Ok(_) => 0,
+            let outcome = tokio::select! {
+                biased;
+                outcome = attempt => outcome,
+                () = went_down => {
+                    tracing::warn!(
+                        type = "store.failover",
+                        replica = %replica.name,
+                        query = what,
+                        "replica went down during the read"
+                    );
+                    continue;
+                }
             };
-            self.inner.failed_at[i].store(failed_at, Ordering::Relaxed);
+            match &outcome {
+                Ok(Err(e)) if !is_about_the_rows(e) => self.mark_failed(i),
+                Err(_) => self.mark_failed(i),
+                Ok(_) => self.inner.failed_at[i].store(0, Ordering::Relaxed),
+            }
             match outcome {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) if is_about_the_rows(&e) => {
@@ -329,7 +365,7 @@ impl ReadStore {
                     }
                     Ok(Err(_)) | Err(_) => {
                         failed[i] = true;
-                        self.inner.failed_at[i].store(self.now_ms(), Ordering::Relaxed);
+                        self.mark_failed(i);
                     }
                 }
             }
@@ -628,6 +664,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_waiting_on_a_replica_that_goes_down_move_on_at_once() {
+        let replicas: Vec<_> = (1..=2)
+            .map(|i| lazy(&format!("replica-{i}"), "postgres://x@127.0.0.1:1/x"))
+            .collect();
+        let store = ReadStore::new(Arc::new(replicas), Duration::from_secs(10));
+        let calls = Arc::new(AtomicUsize::new(0));
+        // The first replica never answers (as while sqlx retries a dead
+        // one); the second answers at once.
+        let read = {
+            let (store, calls) = (store.clone(), calls.clone());
+            tokio::spawn(async move {
+                store
+                    .on_a_replica("test", move |_pool| {
+                        let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                        async move {
+                            if first {
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                            }
+                            Ok::<_, sqlx::Error>(42)
+                        }
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        // Another read (or the health check) finds the first one down.
+        store.mark_health(0, false);
+        let answer = tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .expect("moved on well before the 10 s attempt timeout")
+            .unwrap();
+        assert_eq!(answer.unwrap(), 42);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the second replica answered"
+        );
+    }
+
+    #[tokio::test]
     async fn replicas_that_failed_lately_are_tried_last() {
         let replicas: Vec<_> = (1..=3)
             .map(|i| lazy(&format!("replica-{i}"), "postgres://x@127.0.0.1:1/x"))
@@ -635,6 +713,7 @@ mod tests {
         let store = ReadStore {
             inner: Arc::new(Inner {
                 failed_at: replicas.iter().map(|_| AtomicU64::new(0)).collect(),
+                went_down: replicas.iter().map(|_| Notify::new()).collect(),
                 replicas: Arc::new(replicas),
                 next: AtomicUsize::new(0),
                 attempt_timeout: Duration::from_secs(1),
