@@ -226,12 +226,18 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGKILL reaches only the master; its workers notice it is gone and
-        // exit, but a quit signal first lets them go at once.
+        // The master must stop its workers itself: killed outright it
+        // leaves them running. A quick shutdown (SIGTERM), waited for.
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
-                .args(["-QUIT", &pid.to_string()])
+                .args(["-TERM", &pid.to_string()])
                 .status();
+            for _ in 0..50 {
+                if self.child.try_wait().is_ok_and(|s| s.is_some()) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
