@@ -1,10 +1,7 @@
 //! A RabbitMQ name prefix of one test, and the deletion of its names; the
 //! contract's least-privilege broker users, made for one test's prefix.
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use lapin::{Connection, ConnectionProperties};
@@ -64,16 +61,7 @@ impl Drop for TestBroker {
             let deleted = async {
                 let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
                 let channel = conn.create_channel().await?;
-                for queue in [&topology.writes_queue, &topology.dead_queue] {
-                    channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await?;
-                }
-                for exchange in [&topology.writes_exchange, &topology.invalidations_exchange] {
-                    channel
-                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                        .await?;
-                }
+                topology.delete(&channel).await?;
                 conn.close(shared::topology::REPLY_SUCCESS, "test done".into())
                     .await
             };

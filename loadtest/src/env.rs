@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
@@ -48,27 +47,24 @@ pub async fn drop_leftovers(target: &Target) -> Result<usize, BenchError> {
     let broker = Connection::connect(&target.amqp_url, ConnectionProperties::default()).await?;
     let channel = broker.create_channel().await?;
     for (database, prefix) in &leftovers {
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await?;
-        let topology = Topology::new(prefix);
-        for queue in [&topology.writes_queue, &topology.dead_queue] {
-            channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-        }
-        for exchange in [&topology.writes_exchange, &topology.invalidations_exchange] {
-            channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await?;
-        }
+        drop_database(&mut conn, database).await?;
+        Topology::new(prefix).delete(&channel).await?;
     }
     broker
         .close(REPLY_SUCCESS, "bench interrupted".into())
         .await?;
     Ok(leftovers.len())
+}
+
+/// Drops scratch database `database` (our own generated name: safe to
+/// splice), closing whatever still uses it.
+async fn drop_database(conn: &mut PgConnection, database: &str) -> Result<(), BenchError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One scenario's database and broker names.
@@ -157,31 +153,13 @@ impl Scratch {
     /// Deletes the topology and drops the database.
     pub async fn drop(self) -> Result<(), BenchError> {
         live().retain(|(database, _)| *database != self.database);
-        for queue in [&self.topology.writes_queue, &self.topology.dead_queue] {
-            self.channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-        }
-        for exchange in [
-            &self.topology.writes_exchange,
-            &self.topology.invalidations_exchange,
-        ] {
-            self.channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await?;
-        }
+        self.topology.delete(&self.channel).await?;
         self.broker
             .close(REPLY_SUCCESS, "bench done".into())
             .await?;
         self.pool.close().await;
         let mut conn = PgConnection::connect_with(&self.admin).await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.database
-        )))
-        .execute(&mut conn)
-        .await?;
-        Ok(())
+        drop_database(&mut conn, &self.database).await
     }
 }
 

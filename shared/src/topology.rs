@@ -1,6 +1,9 @@
 //! The RabbitMQ topology of the contract, as data, declared idempotently.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -42,6 +45,22 @@ impl Topology {
             dead_queue: format!("{prefix}.writes.dead"),
             invalidations_exchange: format!("{prefix}.invalidations"),
         }
+    }
+
+    /// Deletes the queues and exchanges [`Topology::declare`] made, messages
+    /// and all: for scratch prefixes (tests, benchmarks), never a live one.
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for queue in [&self.writes_queue, &self.dead_queue] {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [&self.writes_exchange, &self.invalidations_exchange] {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Declares the whole topology; safe to repeat (after every reconnect).
