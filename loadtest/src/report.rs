@@ -74,14 +74,22 @@ pub fn print_reads(runs: &[crate::reads::HttpRun], pgbench_tps: f64) {
         "baseline, pgbench select by primary key (prepared, 16 clients): {pgbench_tps:.0} tps"
     );
     println!();
-    println!(
-        "| server | req/s | p50 ms | p99 ms | errors | req/s vs bare warp | p99 vs bare warp | req/s vs pgbench |"
+    print!("{}", reads_table(runs, pgbench_tps));
+}
+
+/// The read runs as a markdown table, each beside the first (bare warp)
+/// and pgbench: for `read-bench` and for the bench report.
+pub fn reads_table(runs: &[crate::reads::HttpRun], pgbench_tps: f64) -> String {
+    let mut table = String::from(
+        "| server | req/s | p50 ms | p99 ms | errors | req/s vs bare warp | p99 vs bare warp | req/s vs pgbench |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let Some(bare) = runs.first() else { return };
+    let Some(bare) = runs.first() else {
+        return table;
+    };
     for r in runs {
-        println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {} | {:.2}x | {:.2}x | {:.2}x |",
+        table.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {:.2}x | {:.2}x | {:.2}x |\n",
             r.name,
             r.rps,
             r.p50_ms,
@@ -90,8 +98,9 @@ pub fn print_reads(runs: &[crate::reads::HttpRun], pgbench_tps: f64) {
             r.rps / bare.rps,
             r.p99_ms / bare.p99_ms,
             r.rps / pgbench_tps
-        );
+        ));
     }
+    table
 }
 
 /// Prints `loadtest writes`' summary: what was sent, how fast it went

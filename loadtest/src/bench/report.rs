@@ -433,31 +433,17 @@ impl Report {
     }
 
     fn reads_md(&self, md: &mut String) {
-        let Some(bare) = self.read(reads::BARE_WARP) else {
+        if self.read(reads::BARE_WARP).is_none() {
             return;
-        };
+        }
         let pg = self.pgbench_tps.unwrap_or(f64::NAN);
         let _ = writeln!(
             md,
-            "\n## Reads beside the building blocks\n\nwrk, 64 connections, {} s each; bare warp, nginx and the hot key alternate for {} rounds and each row is the median round. pgbench select by primary key (prepared, 16 clients) on the same table: {pg:.0} tps.\n\n\
-             | server | req/s | p50 ms | p99 ms | errors | req/s vs bare warp | p99 vs bare warp | req/s vs pgbench |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            self.sizes.seconds, self.sizes.rounds
+            "\n## Reads beside the building blocks\n\nwrk, 64 connections, {} s each; bare warp, nginx and the hot key alternate for {} rounds and each row is the median round. pgbench select by primary key (prepared, 16 clients) on the same table: {pg:.0} tps.\n\n{}",
+            self.sizes.seconds,
+            self.sizes.rounds,
+            crate::report::reads_table(&self.reads, pg).trim_end()
         );
-        for r in &self.reads {
-            let _ = writeln!(
-                md,
-                "| {} | {:.0} | {:.2} | {:.2} | {} | {:.2}x | {:.2}x | {:.2}x |",
-                r.name,
-                r.rps,
-                r.p50_ms,
-                r.p99_ms,
-                r.errors,
-                r.rps / bare.rps,
-                r.p99_ms / bare.p99_ms,
-                r.rps / pg
-            );
-        }
     }
 
     fn traffic_md(&self, md: &mut String) {
