@@ -1,14 +1,31 @@
 //! `loadtest backfill`: N records loaded through the real write path, as a
 //! first import would be: 1,000-op register messages published with
 //! confirms to a scratch stack that N real workers drain while it fills,
-//! timed from the first publish until every receipt is `applied`.
+//! timed from the first publish until every receipt is `applied`. Like AMO's
+//! launch-day import, each message carries its files' real registration
+//! time: `issued_at`s spread over the last [`HISTORY`], oldest first. Every
+//! one must be `applied` (compaction is per pair, never by the clock).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use shared::domain::Timestamp;
+
 use crate::BenchError;
 use crate::env::{Scratch, Target};
 use crate::publish::{self, Outgoing, Publisher};
+
+/// How far back the backfilled registrations go.
+pub const HISTORY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+
+/// `issued_at` of the `i`-th of `messages`: spread evenly over [`HISTORY`]
+/// before `now`, oldest first.
+fn issued_at(now: Timestamp, i: usize, messages: usize) -> Timestamp {
+    let span = HISTORY.as_micros() as i64;
+    let behind = span - span / messages.max(1) as i64 * i as i64;
+    chrono::DateTime::from_timestamp_micros(now.unix_micros() - behind)
+        .map_or(now, Timestamp::from_utc)
+}
 
 /// What to load.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -46,12 +63,12 @@ impl Backfilled {
 }
 
 /// The `i`-th message: registers of records `i * ops ..` (at most `records`).
-fn message(i: usize, ops: usize, records: usize) -> Outgoing {
+fn message(i: usize, ops: usize, records: usize, issued_at: Timestamp) -> Outgoing {
     let write_id = format!("backfill-{i}");
     let mut body = String::with_capacity(ops * 150 + 128);
     let _ = write!(
         body,
-        "{{\"v\":1,\"write_id\":\"{write_id}\",\"issued_at\":\"2026-11-22T10:00:00.000001Z\",\"ops\":["
+        "{{\"v\":1,\"write_id\":\"{write_id}\",\"issued_at\":\"{issued_at}\",\"ops\":["
     );
     for (n, k) in (i * ops..((i + 1) * ops).min(records)).enumerate() {
         if n > 0 {
@@ -91,11 +108,12 @@ async fn load(
         .collect::<Result<Vec<_>, _>>()?;
     let publisher =
         Publisher::open(&scratch.broker, &scratch.topology.writes_exchange, None).await?;
+    let now = Timestamp::now();
     let started = Instant::now();
     let deadline = started + backfill.max;
     publisher
         .publish_all(
-            (0..messages).map(|i| message(i, ops, backfill.records)),
+            (0..messages).map(|i| message(i, ops, backfill.records, issued_at(now, i, messages))),
             messages as u64,
             deadline,
         )
@@ -161,9 +179,19 @@ mod tests {
     fn messages_are_valid_and_cover_every_record_once() {
         let records: usize = 2_500;
         let mut seen = std::collections::BTreeSet::new();
-        for i in 0..records.div_ceil(1_000) {
-            let out = message(i, 1_000, records);
+        let now = Timestamp::now();
+        let messages = records.div_ceil(1_000);
+        for i in 0..messages {
+            let out = message(i, 1_000, records, issued_at(now, i, messages));
             let parsed = WriteMessage::parse(&out.body).unwrap();
+            let age = now.unix_micros() - parsed.issued_at.unix_micros();
+            assert!(
+                age > 0 && age as u128 <= HISTORY.as_micros(),
+                "within the history"
+            );
+            if i == 0 {
+                assert!(age as u128 > HISTORY.as_micros() * 9 / 10, "years old");
+            }
             assert_eq!(parsed.write_id.as_str(), out.message_id);
             for op in parsed.ops {
                 assert!(seen.insert(op.pair), "each pair once");

@@ -4,6 +4,7 @@
 //! - `domain`: add-on ids, digests, versions, write ids, timestamps — parsed once.
 //! - `write`: AMO's write messages, their validation and rejection reasons.
 //! - `record`: records and the fold that computes one from its ops.
+//! - `compaction`: the ops a pair keeps and the contract's per-pair compaction.
 //! - `receipt`: what became of each write.
 //! - `event`: invalidation events and WAL positions.
 //! - `settings`: settings shared by the processes (flags and `ADDONREG_*`).
@@ -16,6 +17,7 @@
 //! - `version`: what `/__version__` answers.
 
 pub mod admin;
+pub mod compaction;
 pub mod db;
 pub mod domain;
 pub mod event;

@@ -9,6 +9,7 @@ use lapin::message::Delivery;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use shared::compaction::Retention;
 use shared::domain::WriteId;
 use shared::event::InvalidationEvent;
 use shared::write::WriteMessage;
@@ -68,6 +69,8 @@ struct DeadLetter<'a> {
 pub struct Processor<'a> {
     /// The primary.
     pub pool: &'a PgPool,
+    /// How far behind its pair's newest op an op is kept.
+    pub retention: Retention,
     /// Where dead letters and events go.
     pub publisher: &'a Publisher,
     /// The worker's metrics.
@@ -170,7 +173,7 @@ impl Processor<'_> {
     ) -> Result<Result<Committed, String>, BatchError> {
         let mut pause = RETRY.0;
         loop {
-            let error = match store::commit(self.pool, writes, rejected).await {
+            let error = match store::commit(self.pool, self.retention, writes, rejected).await {
                 Ok(committed) => return Ok(Ok(committed)),
                 Err(error) => error,
             };

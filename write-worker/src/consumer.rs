@@ -106,6 +106,7 @@ impl Consumer {
             .await?;
         let processor = Processor {
             pool: &self.pool,
+            retention: self.batch.op_retention,
             publisher,
             metrics: &self.metrics,
             stop,

@@ -1,9 +1,12 @@
-//! The ops kept with each record (`records.ops`, a JSON array), so that a
-//! late op can be folded in with everything its pair received before.
+//! The ops kept with each record (`records.ops`, a JSON array in key
+//! order), so that a late op can be folded in with everything its pair
+//! received before, and the pair's compacted base (`records.compacted`).
 
 use serde::{Deserialize, Serialize};
 
+use shared::compaction::Compacted;
 use shared::domain::{Timestamp, Version, WriteId};
+use shared::record::{RecordState, Status};
 use shared::write::{Action, OpKey};
 
 /// One stored op: its key and what it did.
@@ -39,6 +42,9 @@ pub enum HistoryError {
     /// A timestamp is out of range.
     #[error("stored op time out of range")]
     Time,
+    /// A compacted base names an unknown status.
+    #[error("stored compacted status unknown")]
+    Status,
 }
 
 impl StoredOp {
@@ -92,6 +98,65 @@ pub fn encode<'a>(ops: impl IntoIterator<Item = (&'a OpKey, &'a Action)>) -> Str
     serde_json::to_string(&stored).unwrap_or_else(|_| "[]".into())
 }
 
+/// The stored form of a compacted base: the greatest compacted key and the
+/// state the compacted ops folded to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredCompacted {
+    t: i64,
+    w: WriteId,
+    i: u32,
+    /// `registered`, `revoked`, or null for no record.
+    s: Option<String>,
+    v: Option<Version>,
+    /// `registered_at` in microseconds.
+    r: Option<i64>,
+}
+
+fn timestamp(micros: i64) -> Result<Timestamp, HistoryError> {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(Timestamp::from_utc)
+        .ok_or(HistoryError::Time)
+}
+
+/// Writes a compacted base in its stored form.
+pub fn encode_compacted(base: &Compacted) -> String {
+    let stored = StoredCompacted {
+        t: base.through.issued_at.unix_micros(),
+        w: base.through.write_id.clone(),
+        i: base.through.index,
+        s: base.state.as_ref().map(|s| s.status.as_str().to_owned()),
+        v: base.state.as_ref().and_then(|s| s.version.clone()),
+        r: base
+            .state
+            .as_ref()
+            .and_then(|s| s.registered_at.map(|t| t.unix_micros())),
+    };
+    // A plain struct of strings and integers: serialising cannot fail.
+    serde_json::to_string(&stored).unwrap_or_else(|_| "null".into())
+}
+
+/// Reads a compacted base back.
+pub fn decode_compacted(json: &str) -> Result<Compacted, HistoryError> {
+    let stored: StoredCompacted = serde_json::from_str(json)?;
+    let through = OpKey {
+        issued_at: timestamp(stored.t)?,
+        write_id: stored.w,
+        index: stored.i,
+    };
+    let state = match stored.s {
+        None => None,
+        Some(s) => Some(RecordState {
+            status: Status::parse(&s).ok_or(HistoryError::Status)?,
+            version: stored.v,
+            registered_at: stored.r.map(timestamp).transpose()?,
+            // The newest op is never compacted, so a kept op always sets it
+            // again; the base's own time is its last compacted op's.
+            updated_at: through.issued_at,
+        }),
+    };
+    Ok(Compacted { through, state })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +182,27 @@ mod tests {
         let json = encode(ops.iter().map(|(k, a)| (k, a)));
         assert_eq!(decode(&json).unwrap(), ops);
         assert!(decode("{}").is_err());
+    }
+
+    #[test]
+    fn compacted_bases_round_trip() {
+        let through = OpKey {
+            issued_at: Timestamp::parse("2020-01-02T00:00:00.000001Z").unwrap(),
+            write_id: WriteId::parse("w-9").unwrap(),
+            index: 7,
+        };
+        let registered = RecordState {
+            status: Status::Revoked,
+            version: Some(Version::parse("2.0").unwrap()),
+            registered_at: Some(Timestamp::parse("2019-05-01T00:00:00Z").unwrap()),
+            updated_at: through.issued_at,
+        };
+        for state in [None, Some(registered)] {
+            let base = Compacted {
+                through: through.clone(),
+                state,
+            };
+            assert_eq!(decode_compacted(&encode_compacted(&base)).unwrap(), base);
+        }
     }
 }

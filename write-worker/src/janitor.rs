@@ -1,6 +1,12 @@
-//! The janitor: purges receipts and tombstones past their retentions. Every
-//! worker runs one; a transaction-scoped advisory lock lets only one of them
-//! work at a time. Deletes go in chunks so no transaction grows large.
+//! The janitor: purges receipts past their retention. Every worker runs one;
+//! a transaction-scoped advisory lock lets only one of them work at a time.
+//! Deletes go in chunks so no transaction grows large.
+//!
+//! It never touches records. Op histories are compacted by the worker as it
+//! writes each pair ([`shared::compaction`]), and tombstones stay: purging one
+//! would need a clock rule ("older than now − X is superseded"), which drops
+//! a backfill's years-old writes, or a check under the worker's row locks
+//! that a purge can race with.
 
 use std::time::Duration;
 
@@ -12,24 +18,13 @@ const LOCK_KEY: i64 = 0x6164_6472_6a61_6e69;
 /// Rows deleted per transaction.
 const CHUNK: i64 = 10_000;
 
-/// How long things are kept, and how often to look.
+/// How long receipts are kept, and how often to look.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     /// Receipts older than this (by `processed_at`) go.
     pub receipts: Duration,
-    /// Tombstones whose delete is older than this (by `issued_at`) go.
-    pub tombstones: Duration,
     /// Pause between rounds.
     pub interval: Duration,
-}
-
-/// What one round removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Purged {
-    /// Receipts deleted.
-    pub receipts: u64,
-    /// Tombstones deleted.
-    pub tombstones: u64,
 }
 
 /// Runs rounds until `stop` fires.
@@ -40,18 +35,16 @@ pub async fn run(pool: &PgPool, retention: Retention, stop: &CancellationToken) 
             _ = tokio::time::sleep(retention.interval) => {}
         }
         match purge(pool, retention).await {
-            Ok(p) if p != Purged::default() => {
-                tracing::info!(type = "janitor.purged", receipts = p.receipts, tombstones = p.tombstones, "purged");
-            }
-            Ok(_) => {}
+            Ok(0) => {}
+            Ok(receipts) => tracing::info!(type = "janitor.purged", receipts, "purged"),
             Err(e) => tracing::warn!(type = "janitor.failed", error = %e, "janitor round failed"),
         }
     }
 }
 
-/// One round; `None`-like zero counts when another worker holds the lock.
-pub async fn purge(pool: &PgPool, retention: Retention) -> Result<Purged, sqlx::Error> {
-    let mut purged = Purged::default();
+/// One round: how many receipts it deleted (0 when another worker holds the lock).
+pub async fn purge(pool: &PgPool, retention: Retention) -> Result<u64, sqlx::Error> {
+    let mut purged = 0;
     loop {
         let mut tx = pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -71,28 +64,9 @@ pub async fn purge(pool: &PgPool, retention: Retention) -> Result<Purged, sqlx::
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        // Raise the horizon before the purge, in the same transaction: no
-        // worker can then bring back what is purged.
-        sqlx::query(
-            "UPDATE compaction SET horizon = greatest(horizon, now() - make_interval(secs => $1))",
-        )
-        .bind(retention.tombstones.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        let tombstones = sqlx::query(
-            "DELETE FROM records WHERE (addon_id, sha256) IN ( \
-                 SELECT addon_id, sha256 FROM records \
-                 WHERE status = 'deleted' AND updated_at < (SELECT horizon FROM compaction) \
-                 LIMIT $1)",
-        )
-        .bind(CHUNK)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
         tx.commit().await?;
-        purged.receipts += receipts;
-        purged.tombstones += tombstones;
-        if receipts < CHUNK as u64 && tombstones < CHUNK as u64 {
+        purged += receipts;
+        if receipts < CHUNK as u64 {
             return Ok(purged);
         }
     }

@@ -2,6 +2,7 @@
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
+use shared::compaction::Retention;
 use shared::settings::{AmqpSettings, LogSettings, OptionalListen, PoolSettings, Secret};
 
 /// addonreg's write worker.
@@ -132,6 +133,19 @@ pub struct BatchSettings {
     )]
     pub max_messages: usize,
 
+    /// Seconds an op is kept behind its own pair's newest op; older ones are
+    /// compacted, and an op arriving below what its pair compacted is
+    /// superseded. Per pair, never by the clock: a pair with nothing
+    /// compacted applies any op however old. At least 86400 (the contract's
+    /// floor). [env: ADDONREG_OP_RETENTION_SECS]
+    #[arg(
+        long = "op-retention-secs",
+        env = "ADDONREG_OP_RETENTION_SECS",
+        default_value = "604800",
+        value_parser = parse_retention
+    )]
+    pub op_retention: Retention,
+
     /// Body bytes at which a batch stops growing (a proxy for its ops, known
     /// before parsing; ~150 bytes an op). [env: ADDONREG_BATCH_MAX_BYTES]
     #[arg(long = "batch-max-bytes", env = "ADDONREG_BATCH_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]
@@ -154,11 +168,6 @@ pub struct JanitorSettings {
     #[arg(long = "receipt-retention-secs", env = "ADDONREG_RECEIPT_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
     pub receipt_retention_secs: u64,
 
-    /// Seconds a tombstone is kept after its delete's `issued_at`; older ops
-    /// of a purged pair are superseded. [env: ADDONREG_TOMBSTONE_RETENTION_SECS]
-    #[arg(long = "tombstone-retention-secs", env = "ADDONREG_TOMBSTONE_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
-    pub tombstone_retention_secs: u64,
-
     /// Seconds between janitor rounds. [env: ADDONREG_JANITOR_INTERVAL_SECS]
     #[arg(
         long = "janitor-interval-secs",
@@ -174,10 +183,14 @@ impl JanitorSettings {
         use std::time::Duration;
         crate::janitor::Retention {
             receipts: Duration::from_secs(self.receipt_retention_secs),
-            tombstones: Duration::from_secs(self.tombstone_retention_secs),
             interval: Duration::from_secs(self.interval_secs.max(1)),
         }
     }
+}
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    let secs: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    Retention::new(std::time::Duration::from_secs(secs)).map_err(|e| e.to_string())
 }
 
 impl BatchSettings {
@@ -217,6 +230,19 @@ mod tests {
         .unwrap();
         assert!(matches!(cli.command, Some(Command::Migrate)));
         assert_eq!(cli.settings.database_url.expose(), "postgres://o@h/d");
+    }
+
+    #[test]
+    fn op_retention_has_the_contracts_floor() {
+        let retention = |secs: &str| {
+            Cli::try_parse_from(["write-worker", "--op-retention-secs", secs])
+                .map(|cli| cli.settings.batch.op_retention.duration().as_secs())
+        };
+        assert!(retention("0").is_err(), "0 would compact everything");
+        assert!(retention("3600").is_err());
+        assert_eq!(retention("86400").unwrap(), 86400);
+        let cli = Cli::try_parse_from(["write-worker"]).unwrap();
+        assert_eq!(cli.settings.batch.op_retention, Retention::DEFAULT);
     }
 
     #[test]

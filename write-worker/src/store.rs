@@ -1,16 +1,24 @@
 //! Commits a batch of writes to the primary in one transaction: ops folded
 //! into records (CONTRACT "How a record is computed"), receipts beside them.
 //!
-//! Concurrency: rows of existing pairs are locked in one global order (addon
-//! id, then digest, byte-wise); new pairs are inserted with ON CONFLICT DO
-//! NOTHING, and a pair another worker inserted meanwhile goes round again,
-//! now locked. Every statement is set-based (`unnest` arrays).
+//! Compaction is per pair ([`shared::compaction`]): a pair keeps its recent
+//! ops and a compacted base; nothing here depends on the clock, so an op of
+//! a pair the service never saw applies however old it is.
+//!
+//! Concurrency: every transaction first locks the rows of the pairs that
+//! exist, then inserts the new ones, each in one global order (addon id, then
+//! digest, byte-wise), then writes receipts in write-id order. A new pair
+//! another worker inserted meanwhile makes the whole transaction start over
+//! (its pair is then locked with the others, in order): locking it in a
+//! second round would break the global order and deadlock. Every statement
+//! is set-based (`unnest` arrays).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+use shared::compaction::{Compacted, MAX_OPS_KEPT, PairHistory, Retention};
 use shared::domain::{AddonId, Sha256, Timestamp, Version, WriteId};
 use shared::event::Lsn;
 use shared::receipt::ReceiptStatus;
@@ -57,10 +65,43 @@ pub enum StoreError {
     Lsn(String),
 }
 
-/// The stored head of a pair: its state and the key of its newest op.
+/// The stored head of a pair: its state, the key of its newest op, and what
+/// decides whether its kept ops must be read.
 struct Head {
     state: Option<RecordState>,
     last: OpKey,
+    /// Unknown (NULL) for rows another tool wrote: their ops are read.
+    oldest_op_at: Option<Timestamp>,
+    op_count: Option<usize>,
+}
+
+impl Head {
+    /// Whether `ops` can fold onto the stored state without reading the
+    /// kept ops: all newer than the stored ones, and nothing to compact.
+    fn takes_in_place(&self, ops: &[NewOp<'_>], retention: Retention) -> bool {
+        let Some(newest) = ops.iter().map(|o| &o.key).max() else {
+            return true;
+        };
+        let (Some(oldest), Some(count)) = (self.oldest_op_at, self.op_count) else {
+            return false;
+        };
+        ops.iter().all(|o| o.key > self.last)
+            && count + ops.len() <= MAX_OPS_KEPT
+            && !retention.compacts(oldest, newest.issued_at)
+    }
+}
+
+/// A row written by another tool may hold a record but no ops (a seeded
+/// table): its head then stands for everything before it.
+fn or_head(stored: PairHistory, head: &Head) -> PairHistory {
+    if !stored.ops.is_empty() || stored.base.is_some() {
+        return stored;
+    }
+    let base = Compacted {
+        through: head.last.clone(),
+        state: head.state.clone(),
+    };
+    PairHistory::new(Some(base), [])
 }
 
 /// A new op of the batch, with the write it came from.
@@ -76,18 +117,47 @@ struct Row<'a> {
     pair: &'a Pair,
     state: Option<RecordState>,
     last: OpKey,
-    /// JSON array of ops: appended to the stored ones, or replacing them.
+    /// JSON array of ops, in key order: appended to the stored ones, or
+    /// replacing them (with `compacted`, `oldest_op_at` and `op_count`).
     ops: String,
     replace_ops: bool,
+    compacted: Option<String>,
+    oldest_op_at: Timestamp,
+    /// Ops kept, or, when appending, ops appended.
+    op_count: usize,
+}
+
+/// How one attempt at the transaction ended.
+enum Attempt {
+    Committed(Committed),
+    /// A new pair was inserted by another worker meanwhile: start over.
+    Raced,
 }
 
 /// Commits `writes` (valid, in delivery order) and `rejected` receipts in one
 /// transaction, then reads the WAL position.
 pub async fn commit(
     pool: &PgPool,
+    retention: Retention,
     writes: &[WriteMessage],
     rejected: &[RejectedWrite],
 ) -> Result<Committed, StoreError> {
+    loop {
+        if let Attempt::Committed(mut committed) =
+            attempt(pool, retention, writes, rejected).await?
+        {
+            committed.lsn = current_lsn(pool).await?;
+            return Ok(committed);
+        }
+    }
+}
+
+async fn attempt(
+    pool: &PgPool,
+    retention: Retention,
+    writes: &[WriteMessage],
+    rejected: &[RejectedWrite],
+) -> Result<Attempt, StoreError> {
     let mut tx = pool.begin().await?;
     let mut committed = Committed {
         pairs: distinct_pairs(writes),
@@ -105,79 +175,43 @@ pub async fn commit(
             });
         }
     }
+    let pairs: Vec<&Pair> = by_pair.keys().copied().collect();
 
-    // Per pair, the writes whose op was the newest of it; recomputed when a
-    // pair goes round again.
-    let mut newest: BTreeMap<&Pair, Vec<usize>> = BTreeMap::new();
-    let mut pending: Vec<&Pair> = by_pair.keys().copied().collect();
-    while !pending.is_empty() {
-        let heads = lock_heads(&mut tx, &pending).await?;
-        let late: Vec<&Pair> = pending
-            .iter()
-            .copied()
-            .filter(|p| {
-                heads
-                    .get(*p)
-                    .is_some_and(|h| by_pair[*p].iter().any(|op| op.key <= h.last))
-            })
-            .collect();
-        let mut histories = load_histories(&mut tx, &late).await?;
-        let (mut updates, mut inserts) = (Vec::new(), Vec::new());
-        // Read after the heads: a pair the janitor purged is then seen gone
-        // together with the horizon its purge raised.
-        let horizon = if heads.len() < pending.len() {
-            Some(compaction_horizon(&mut tx).await?)
-        } else {
-            None
-        };
-        for &pair in &pending {
-            let head = heads.get(pair);
-            let kept: Vec<NewOp<'_>>;
-            let ops = match (head, horizon) {
-                // An unknown pair's ops at or before the horizon are older than
-                // compacted state: superseded, not stored.
-                (None, Some(horizon)) => {
-                    kept = by_pair[pair]
-                        .iter()
-                        .filter(|o| o.key.issued_at > horizon)
-                        .cloned()
-                        .collect();
-                    if kept.is_empty() {
-                        newest.remove(pair);
-                        continue;
-                    }
-                    &kept
-                }
-                _ => &by_pair[pair],
-            };
-            newest.insert(pair, newest_writes(ops, head.map(|h| &h.last)));
-            // Grouping gives every pair at least one op.
-            let Some(last) = ops.iter().map(|o| &o.key).max().cloned() else {
-                continue;
-            };
-            let row = match (head, histories.remove(pair)) {
-                (None, _) => fold_new(pair, ops, last),
-                (Some(_), Some(stored)) => refold(pair, ops, stored, last),
-                (Some(head), None) => fold_onto(pair, ops, head, last),
-            };
-            if head.is_some() {
-                updates.push(row)
-            } else {
-                inserts.push(row)
-            }
+    let heads = lock_heads(&mut tx, &pairs).await?;
+    let slow: Vec<&Pair> = pairs
+        .iter()
+        .copied()
+        .filter(|p| {
+            heads
+                .get(*p)
+                .is_some_and(|h| !h.takes_in_place(&by_pair[*p], retention))
+        })
+        .collect();
+    let mut histories = load_histories(&mut tx, &slow).await?;
+    let (mut updates, mut inserts) = (Vec::new(), Vec::new());
+    let mut applied = vec![false; writes.len()];
+    for &pair in &pairs {
+        let ops = &by_pair[pair];
+        let head = heads.get(pair);
+        for w in newest_writes(ops, head.map(|h| &h.last)) {
+            applied[w] = true;
         }
-        update_rows(&mut tx, &updates).await?;
-        let inserted = insert_rows(&mut tx, &inserts).await?;
-        // Pairs another worker inserted since they were looked up go round again.
-        pending = inserts
-            .iter()
-            .map(|r| r.pair)
-            .filter(|p| !inserted.contains(*p))
-            .collect();
+        let row = match (head, histories.remove(pair)) {
+            (Some(head), None) => fold_onto(pair, ops, head),
+            (Some(head), Some(stored)) => refold(pair, ops, or_head(stored, head), retention),
+            (None, _) => refold(pair, ops, PairHistory::default(), retention),
+        };
+        if head.is_some() {
+            updates.push(row)
+        } else {
+            inserts.push(row)
+        }
+    }
+    update_rows(&mut tx, &updates).await?;
+    if insert_rows(&mut tx, &inserts).await? < inserts.len() {
+        return Ok(Attempt::Raced);
     }
 
-    let mut applied = vec![false; writes.len()];
-    newest.values().flatten().for_each(|&w| applied[w] = true);
     for &w in &fresh {
         let status = if applied[w] {
             ReceiptStatus::Applied
@@ -190,21 +224,7 @@ pub async fn commit(
     }
     insert_receipts(&mut tx, &committed.outcomes, rejected).await?;
     tx.commit().await?;
-    committed.lsn = current_lsn(pool).await?;
-    Ok(committed)
-}
-
-/// The janitor's compaction horizon (see migrations/*_compaction.sql).
-async fn compaction_horizon(conn: &mut PgConnection) -> Result<Timestamp, sqlx::Error> {
-    let horizon: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT CASE WHEN horizon = '-infinity' THEN NULL ELSE horizon END FROM compaction",
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(horizon.map_or(
-        Timestamp::from_utc(DateTime::<Utc>::MIN_UTC),
-        Timestamp::from_utc,
-    ))
+    Ok(Attempt::Committed(committed))
 }
 
 /// The primary's WAL position now: at or after every commit made so far.
@@ -261,52 +281,62 @@ fn newest_writes(ops: &[NewOp<'_>], stored_last: Option<&OpKey>) -> Vec<usize> {
     writes
 }
 
-/// A pair seen for the first time.
-fn fold_new<'a>(pair: &'a Pair, ops: &[NewOp<'_>], last: OpKey) -> Row<'a> {
-    Row {
-        pair,
-        state: record::fold(ops.iter().map(|o| (&o.key, o.action))),
-        last,
-        ops: history::encode(ops.iter().map(|o| (&o.key, o.action))),
-        replace_ops: true,
-    }
-}
-
-/// The fast path: every new op is newer than the stored ones, so they fold
-/// onto the stored state and are appended.
-fn fold_onto<'a>(pair: &'a Pair, ops: &[NewOp<'_>], head: &Head, last: OpKey) -> Row<'a> {
+/// The fast path: every new op is newer than the stored ones and nothing is
+/// due for compaction, so they fold onto the stored state and are appended.
+fn fold_onto<'a>(pair: &'a Pair, ops: &[NewOp<'_>], head: &Head) -> Row<'a> {
     let mut sorted: Vec<&NewOp<'_>> = ops.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
     let state = sorted.iter().fold(head.state.clone(), |s, o| {
         record::apply(s, o.action, o.key.issued_at)
     });
+    let last = sorted.last().map_or(head.last.clone(), |o| o.key.clone());
     Row {
         pair,
         state,
         last,
-        ops: history::encode(ops.iter().map(|o| (&o.key, o.action))),
+        ops: history::encode(sorted.iter().map(|o| (&o.key, o.action))),
         replace_ops: false,
+        compacted: None,
+        // Not written when appending (the stored one stays); known anyway,
+        // as the fast path is taken only when it is.
+        oldest_op_at: head.oldest_op_at.unwrap_or(head.last.issued_at),
+        op_count: sorted.len(),
     }
 }
 
-/// A late op: the pair is folded again from all its ops.
+/// A new pair, a late op or a pair due for compaction: the new ops join the
+/// pair's history, which is compacted and folded again.
 fn refold<'a>(
     pair: &'a Pair,
     ops: &[NewOp<'_>],
-    stored: Vec<(OpKey, Action)>,
-    newest_new: OpKey,
+    mut history: PairHistory,
+    retention: Retention,
 ) -> Row<'a> {
-    let mut all: BTreeMap<&OpKey, &Action> = stored.iter().map(|(k, a)| (k, a)).collect();
     for op in ops {
-        all.entry(&op.key).or_insert(op.action);
+        // An op below the compacted base is superseded: not stored.
+        history.offer(op.key.clone(), op.action.clone());
     }
-    let last = all.keys().next_back().map_or(newest_new, |k| (*k).clone());
+    history.compact(retention);
+    // A pair always keeps its newest op, so both keys exist; the fallbacks
+    // only satisfy the types.
+    let last = history
+        .newest()
+        .cloned()
+        .unwrap_or_else(|| ops[0].key.clone());
+    let oldest_op_at = history
+        .ops
+        .keys()
+        .next()
+        .map_or(last.issued_at, |k| k.issued_at);
     Row {
         pair,
-        state: record::fold(all.iter().map(|(k, a)| (*k, *a))),
+        state: history.state(),
         last,
-        ops: history::encode(all),
+        ops: history::encode(history.ops.iter()),
         replace_ops: true,
+        compacted: history.base.as_ref().map(history::encode_compacted),
+        oldest_op_at,
+        op_count: history.ops.len(),
     }
 }
 
@@ -317,7 +347,7 @@ async fn lock_heads(
     let (ids, hashes) = key_arrays(pairs);
     let rows: Vec<HeadRow> = sqlx::query_as(
         "SELECT r.addon_id, r.sha256, r.status, r.version, r.registered_at, r.updated_at, \
-                r.last_write_id, r.last_op_index \
+                r.last_write_id, r.last_op_index, r.oldest_op_at, r.op_count \
          FROM records r \
          JOIN unnest($1::text[], $2::bytea[]) AS k(addon_id, sha256) \
            ON r.addon_id = k.addon_id AND r.sha256 = k.sha256 \
@@ -342,6 +372,8 @@ struct HeadRow {
     updated_at: DateTime<Utc>,
     last_write_id: String,
     last_op_index: i32,
+    oldest_op_at: Option<DateTime<Utc>>,
+    op_count: Option<i32>,
 }
 
 impl HeadRow {
@@ -360,20 +392,26 @@ impl HeadRow {
                 .map_err(|_| corrupt(&pair, "invalid last_write_id"))?,
             index: self.last_op_index as u32,
         };
-        Ok((pair, Head { state, last }))
+        let head = Head {
+            state,
+            last,
+            oldest_op_at: self.oldest_op_at.map(Timestamp::from_utc),
+            op_count: self.op_count.and_then(|n| usize::try_from(n).ok()),
+        };
+        Ok((pair, head))
     }
 }
 
 async fn load_histories(
     conn: &mut PgConnection,
     pairs: &[&Pair],
-) -> Result<HashMap<Pair, Vec<(OpKey, Action)>>, StoreError> {
+) -> Result<HashMap<Pair, PairHistory>, StoreError> {
     if pairs.is_empty() {
         return Ok(HashMap::new());
     }
     let (ids, hashes) = key_arrays(pairs);
-    let rows: Vec<(String, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT r.addon_id, r.sha256, r.ops::text \
+    let rows: Vec<(String, Vec<u8>, String, Option<String>)> = sqlx::query_as(
+        "SELECT r.addon_id, r.sha256, r.ops::text, r.compacted::text \
          FROM records r \
          JOIN unnest($1::text[], $2::bytea[]) AS k(addon_id, sha256) \
            ON r.addon_id = k.addon_id AND r.sha256 = k.sha256",
@@ -383,10 +421,14 @@ async fn load_histories(
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()
-        .map(|(addon_id, sha256, ops)| {
+        .map(|(addon_id, sha256, ops, compacted)| {
             let pair = stored_pair(&addon_id, &sha256)?;
             let ops = history::decode(&ops).map_err(|e| corrupt(&pair, e))?;
-            Ok((pair, ops))
+            let base = compacted
+                .map(|c| history::decode_compacted(&c))
+                .transpose()
+                .map_err(|e| corrupt(&pair, e))?;
+            Ok((pair, PairHistory::new(base, ops)))
         })
         .collect()
 }
@@ -404,6 +446,9 @@ struct RowArrays<'a> {
     last_op_indexes: Vec<i32>,
     ops: Vec<&'a str>,
     replace_ops: Vec<bool>,
+    compacted: Vec<Option<&'a str>>,
+    oldest_op_ats: Vec<DateTime<Utc>>,
+    op_counts: Vec<i32>,
 }
 
 impl<'a> RowArrays<'a> {
@@ -429,6 +474,11 @@ impl<'a> RowArrays<'a> {
             a.last_op_indexes.push(row.last.index as i32);
             a.ops.push(&row.ops);
             a.replace_ops.push(row.replace_ops);
+            a.compacted.push(row.compacted.as_deref());
+            a.oldest_op_ats.push(row.oldest_op_at.as_utc());
+            // Bounded by MAX_OPS_KEPT (kept) or a message's 10,000 ops (appended).
+            a.op_counts
+                .push(i32::try_from(row.op_count).unwrap_or(i32::MAX));
         }
         a
     }
@@ -442,10 +492,14 @@ async fn update_rows(conn: &mut PgConnection, rows: &[Row<'_>]) -> Result<(), sq
     sqlx::query(
         "UPDATE records r SET status = u.status, version = u.version, registered_at = u.registered_at, \
                 updated_at = u.updated_at, last_write_id = u.last_write_id, last_op_index = u.last_op_index, \
-                ops = CASE WHEN u.replace_ops THEN u.ops::jsonb ELSE r.ops || u.ops::jsonb END \
+                ops = CASE WHEN u.replace_ops THEN u.ops::jsonb ELSE r.ops || u.ops::jsonb END, \
+                compacted = CASE WHEN u.replace_ops THEN u.compacted::jsonb ELSE r.compacted END, \
+                oldest_op_at = CASE WHEN u.replace_ops THEN u.oldest_op_at ELSE r.oldest_op_at END, \
+                op_count = CASE WHEN u.replace_ops THEN u.op_count ELSE r.op_count + u.op_count END \
          FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], \
-                     $7::text[], $8::int4[], $9::text[], $10::bool[]) \
-              AS u(addon_id, sha256, status, version, registered_at, updated_at, last_write_id, last_op_index, ops, replace_ops) \
+                     $7::text[], $8::int4[], $9::text[], $10::bool[], $11::text[], $12::timestamptz[], $13::int4[]) \
+              AS u(addon_id, sha256, status, version, registered_at, updated_at, last_write_id, last_op_index, ops, \
+                   replace_ops, compacted, oldest_op_at, op_count) \
          WHERE r.addon_id = u.addon_id AND r.sha256 = u.sha256",
     )
     .bind(&a.addon_ids)
@@ -458,29 +512,31 @@ async fn update_rows(conn: &mut PgConnection, rows: &[Row<'_>]) -> Result<(), sq
     .bind(&a.last_op_indexes)
     .bind(&a.ops)
     .bind(&a.replace_ops)
+    .bind(&a.compacted)
+    .bind(&a.oldest_op_ats)
+    .bind(&a.op_counts)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Inserts new pairs, in key order; answers those actually inserted.
-async fn insert_rows(
-    conn: &mut PgConnection,
-    rows: &[Row<'_>],
-) -> Result<HashSet<Pair>, StoreError> {
+/// Inserts new pairs, in key order; answers how many were inserted (fewer
+/// when another worker inserted one meanwhile).
+async fn insert_rows(conn: &mut PgConnection, rows: &[Row<'_>]) -> Result<usize, StoreError> {
     if rows.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(0);
     }
     let a = RowArrays::of(rows);
-    let inserted: Vec<(String, Vec<u8>)> = sqlx::query_as(
+    let inserted = sqlx::query(
         "INSERT INTO records (addon_id, sha256, status, version, registered_at, updated_at, \
-                              last_write_id, last_op_index, ops) \
-         SELECT addon_id, sha256, status, version, registered_at, updated_at, last_write_id, last_op_index, ops::jsonb \
+                              last_write_id, last_op_index, ops, compacted, oldest_op_at, op_count) \
+         SELECT addon_id, sha256, status, version, registered_at, updated_at, last_write_id, last_op_index, \
+                ops::jsonb, compacted::jsonb, oldest_op_at, op_count \
          FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], \
-                     $7::text[], $8::int4[], $9::text[]) \
-              AS u(addon_id, sha256, status, version, registered_at, updated_at, last_write_id, last_op_index, ops) \
-         ON CONFLICT (addon_id, sha256) DO NOTHING \
-         RETURNING addon_id, sha256",
+                     $7::text[], $8::int4[], $9::text[], $10::text[], $11::timestamptz[], $12::int4[]) \
+              AS u(addon_id, sha256, status, version, registered_at, updated_at, last_write_id, last_op_index, \
+                   ops, compacted, oldest_op_at, op_count) \
+         ON CONFLICT (addon_id, sha256) DO NOTHING",
     )
     .bind(&a.addon_ids)
     .bind(&a.hashes)
@@ -491,12 +547,13 @@ async fn insert_rows(
     .bind(&a.last_write_ids)
     .bind(&a.last_op_indexes)
     .bind(&a.ops)
-    .fetch_all(&mut *conn)
-    .await?;
-    inserted
-        .iter()
-        .map(|(id, sha)| stored_pair(id, sha))
-        .collect()
+    .bind(&a.compacted)
+    .bind(&a.oldest_op_ats)
+    .bind(&a.op_counts)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
 }
 
 async fn insert_receipts(
@@ -504,22 +561,26 @@ async fn insert_receipts(
     outcomes: &HashMap<WriteId, ReceiptStatus>,
     rejected: &[RejectedWrite],
 ) -> Result<(), sqlx::Error> {
-    let mut ids: Vec<&str> = Vec::with_capacity(outcomes.len() + rejected.len());
-    let mut statuses: Vec<&str> = Vec::with_capacity(ids.capacity());
-    let mut reasons: Vec<Option<&str>> = Vec::with_capacity(ids.capacity());
-    for (id, status) in outcomes {
-        ids.push(id.as_str());
-        statuses.push(status.as_str());
-        reasons.push(None);
-    }
-    for r in rejected {
-        ids.push(r.write_id.as_str());
-        statuses.push(ReceiptStatus::Rejected.as_str());
-        reasons.push(Some(&r.reason));
-    }
-    if ids.is_empty() {
+    // In write-id order, like every other lock this transaction takes: two
+    // workers inserting the same receipts (a redelivery) then can't deadlock.
+    let mut receipts: Vec<(&str, &str, Option<&str>)> = outcomes
+        .iter()
+        .map(|(id, status)| (id.as_str(), status.as_str(), None))
+        .chain(rejected.iter().map(|r| {
+            (
+                r.write_id.as_str(),
+                ReceiptStatus::Rejected.as_str(),
+                Some(r.reason.as_str()),
+            )
+        }))
+        .collect();
+    if receipts.is_empty() {
         return Ok(());
     }
+    receipts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let ids: Vec<&str> = receipts.iter().map(|r| r.0).collect();
+    let statuses: Vec<&str> = receipts.iter().map(|r| r.1).collect();
+    let reasons: Vec<Option<&str>> = receipts.iter().map(|r| r.2).collect();
     // An existing receipt never changes (CONTRACT "Idempotent").
     sqlx::query(
         "INSERT INTO receipts (write_id, status, reason) \

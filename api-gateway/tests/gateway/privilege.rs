@@ -38,7 +38,7 @@ const WRITES: &[&str] = &[
     "DELETE FROM receipts",
     "TRUNCATE records",
     "TRUNCATE receipts",
-    "UPDATE compaction SET horizon = now()",
+    "UPDATE records SET op_count = 1",
     "ALTER TABLE records ADD COLUMN intruder int",
     "ALTER TABLE receipts RENAME TO intruder",
     "CREATE TABLE intruder (x int)",

@@ -48,6 +48,18 @@ pub fn at(seconds: u32) -> String {
     )
 }
 
+/// `issued_at` this long before now: tests take their dates relative to
+/// the clock, so none ages past a retention.
+pub fn ago(d: Duration) -> String {
+    let t = chrono::Utc::now() - chrono::Duration::from_std(d).expect("in range");
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// A parsed write message.
+pub fn parse(v: Value) -> shared::write::WriteMessage {
+    shared::write::WriteMessage::parse(v.to_string().as_bytes()).expect("a valid write")
+}
+
 /// A digest made from a number.
 pub fn hash(n: u32) -> String {
     format!("{n:064x}")

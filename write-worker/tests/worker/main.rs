@@ -1,5 +1,6 @@
 //! The worker's integration tests, against real Postgres and RabbitMQ.
 
+mod compaction;
 mod dlq;
 mod foundation;
 mod helpers;

@@ -43,9 +43,9 @@ async fn worker_role_cannot_change_the_schema_or_any_role() {
         "CREATE VIEW intruder AS SELECT 1",
         "ALTER TABLE records ADD COLUMN intruder int",
         "ALTER TABLE receipts DROP CONSTRAINT receipts_pkey",
-        "ALTER TABLE compaction OWNER TO addonreg_worker",
+        "ALTER TABLE records OWNER TO addonreg_worker",
         "DROP TABLE receipts",
-        "DROP TABLE compaction",
+        "DROP TABLE records",
         "TRUNCATE records",
         "DELETE FROM _sqlx_migrations",
         "DROP TABLE _sqlx_migrations",
@@ -77,14 +77,14 @@ async fn worker_role_cannot_change_the_schema_or_any_role() {
     // (PostgreSQL only warns when the role holds some privilege).
     for sql in [
         "GRANT INSERT ON records TO addonreg_gateway",
-        "GRANT SELECT ON compaction TO addonreg_gateway",
+        "GRANT UPDATE ON receipts TO addonreg_gateway",
         "REVOKE SELECT ON records FROM addonreg_gateway",
     ] {
         let _ = sqlx::query(sql).execute(&worker).await;
     }
     let (gateway_writes, gateway_reads): (bool, bool) = sqlx::query_as(
         "SELECT has_table_privilege('addonreg_gateway', 'records', 'INSERT') \
-             OR has_table_privilege('addonreg_gateway', 'compaction', 'SELECT'), \
+             OR has_table_privilege('addonreg_gateway', 'receipts', 'UPDATE'), \
                 has_table_privilege('addonreg_gateway', 'records', 'SELECT')",
     )
     .fetch_one(&db.owner)

@@ -108,9 +108,14 @@ async fn a_crash_between_commit_and_publish_still_announces_the_write() {
     // and receipt committed, the message unacknowledged (so redelivered).
     let parsed = WriteMessage::parse(message.to_string().as_bytes()).unwrap();
     let pool = db.pool_as("addonreg_worker").await;
-    write_worker::store::commit(&pool, &[parsed], &[])
-        .await
-        .unwrap();
+    write_worker::store::commit(
+        &pool,
+        shared::compaction::Retention::DEFAULT,
+        &[parsed],
+        &[],
+    )
+    .await
+    .unwrap();
     amo.publish(&message).await;
 
     let _worker = start_worker(&db, &broker, free_port(), &[]);
