@@ -6,6 +6,7 @@ mod foundation;
 mod helpers;
 mod hostile;
 mod janitor;
+mod model;
 mod privilege;
 mod resilience;
 mod sentry;
