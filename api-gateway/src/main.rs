@@ -9,8 +9,8 @@ use shared::version::VersionInfo;
 async fn main() -> ExitCode {
     let settings = Settings::parse();
     let version = VersionInfo::load(&settings.version_file);
-    let reporting = match shared::telemetry::init("addonreg-gateway", &settings.log, &version) {
-        Ok(reporting) => reporting,
+    let telemetry = match shared::telemetry::init("addonreg-gateway", &settings.log, &version) {
+        Ok(telemetry) => telemetry,
         Err(e) => {
             eprintln!("api-gateway: {e}");
             return ExitCode::FAILURE;
@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    // Sends the errors still queued (for at most a few seconds) before exiting.
-    drop(reporting);
+    // Sends the errors still queued (for at most a few seconds), then the
+    // log lines still buffered, before exiting.
+    telemetry.finish();
     code
 }

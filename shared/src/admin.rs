@@ -43,5 +43,6 @@ pub fn registry(prefix: &str) -> Registry {
     let _ = registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
+    let _ = registry.register(Box::new(crate::telemetry::DroppedLines::new()));
     registry
 }

@@ -4,12 +4,14 @@
 //! error reporting on (`crate::sentry`), errors also go to Sentry.
 
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ::sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{FilterFn, Filtered, filter_fn};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -20,24 +22,55 @@ use crate::sentry::Reporting;
 use crate::settings::{InvalidSetting, LogSettings};
 use crate::version::VersionInfo;
 
+/// What `main` holds until it exits: dropping it sends the errors still
+/// queued for Sentry, then writes the log lines still buffered.
+pub struct Telemetry {
+    reporting: Reporting,
+    log_writer: WorkerGuard,
+}
+
+impl Telemetry {
+    /// Flushes both, in that order (a Sentry failure is logged last).
+    pub fn finish(self) {
+        drop(self.reporting);
+        drop(self.log_writer);
+    }
+}
+
 /// Installs the MozLog subscriber for the process named `logger`, and error
 /// reporting when `ADDONREG_SENTRY_DSN` is set (`version` names the release).
-/// Called once by `main`, which holds the returned [`Reporting`] until it
+/// Called once by `main`, which holds the returned [`Telemetry`] until it
 /// exits; tests stay quiet unless they install it themselves.
+///
+/// Lines are formatted on the thread that logs and written to stdout by a
+/// thread of their own, in batches, so a request never waits for stdout;
+/// see [`LOG_BUFFER_LINES`] for what happens when that thread falls behind.
 pub fn init(
     logger: &'static str,
     settings: &LogSettings,
     version: &VersionInfo,
-) -> Result<Reporting, InvalidSetting> {
+) -> Result<Telemetry, InvalidSetting> {
     let filter = EnvFilter::try_new(&settings.filter).map_err(|e| InvalidSetting {
         variable: "ADDONREG_LOG",
         problem: e.to_string(),
     })?;
     let reporting = crate::sentry::init(logger, &settings.sentry, version)?;
     let on = reporting.is_on();
+    // One write of many lines per batch: stdout itself writes line by line.
+    let (writer, log_writer) = NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .thread_name("addonreg-log")
+        .finish(std::io::BufWriter::new(std::io::stdout()));
+    let _ = DROPPED.set(writer.error_counter());
+    let sink: Sink = Box::new(move |line| {
+        // One write per line keeps lines whole; a full or closed stdout must
+        // not take the service down (the writer counts what it drops).
+        let _ = writer.clone().write_all(line);
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(MozLog::new(logger))
+        .with(MozLog::new(logger, sink))
         // Nothing at all when reporting is off.
         .with(on.then(sentry_breadcrumbs))
         .with(on.then(sentry_errors))
@@ -46,7 +79,10 @@ pub fn init(
             variable: "ADDONREG_LOG",
             problem: e.to_string(),
         })?;
-    Ok(reporting)
+    Ok(Telemetry {
+        reporting,
+        log_writer,
+    })
 }
 
 // What of the logs goes to Sentry: errors become events; warnings are kept
@@ -86,47 +122,67 @@ fn is_ours_to_report(metadata: &Metadata<'_>) -> bool {
 /// Targets whose errors clients cause: connection-level HTTP errors.
 const CLIENT_CAUSED: &[&str] = &["warp::server", "hyper"];
 
+/// Log lines held for the writer thread at most. Past this the writer has
+/// fallen behind (a stdout nobody reads fast enough): new lines are dropped
+/// and counted (`log_lines_dropped_total`) rather than slow every request.
+/// About 5 MB of typical lines.
+pub const LOG_BUFFER_LINES: usize = 16_384;
+
+/// Lines dropped so far, once logging is on.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Where finished lines go.
+type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// The layer that writes MozLog lines.
 pub struct MozLog {
-    logger: &'static str,
-    hostname: String,
-    pid: u32,
+    /// `"Logger":…,"Hostname":…,"EnvVersion":"2.0","Pid":…,`: the same on
+    /// every line, so written once.
+    constant: Vec<u8>,
+    sink: Sink,
 }
 
 impl MozLog {
-    /// A layer for the process named `logger`.
-    pub fn new(logger: &'static str) -> Self {
+    /// A layer for the process named `logger`, writing to `sink`.
+    fn new(logger: &'static str, sink: Sink) -> Self {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
-        Self {
-            logger,
-            hostname,
-            pid: std::process::id(),
-        }
+        let constant = format!(
+            "\"Logger\":{},\"Hostname\":{},\"EnvVersion\":\"2.0\",\"Pid\":{},",
+            Value::from(logger),
+            Value::from(hostname),
+            std::process::id()
+        )
+        .into_bytes();
+        Self { constant, sink }
     }
 
-    /// The JSON line for one event's fields.
-    fn line(&self, level: &Level, target: &str, mut fields: Map<String, Value>) -> Value {
+    /// One event as a MozLog line (with its newline), written straight into
+    /// a buffer: no intermediate JSON values on the request path.
+    fn line(&self, level: &Level, target: &str, event: &Event<'_>) -> Vec<u8> {
+        let mut fields = LineFields::default();
+        event.record(&mut fields);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or_default();
-        let kind = match fields.remove("type") {
-            Some(Value::String(t)) => t,
-            _ => target.to_string(),
-        };
-        json!({
-            "Timestamp": nanos,
-            "Type": kind,
-            "Logger": self.logger,
-            "Hostname": self.hostname,
-            "EnvVersion": "2.0",
-            "Pid": self.pid,
-            "Severity": severity(level),
-            "Fields": fields,
-        })
+        let mut out = Vec::with_capacity(160 + self.constant.len() + fields.buf.len());
+        let _ = write!(out, "{{\"Timestamp\":{nanos},\"Type\":");
+        json_str(&mut out, fields.kind.as_deref().unwrap_or(target));
+        out.push(b',');
+        out.extend_from_slice(&self.constant);
+        let _ = write!(out, "\"Severity\":{},\"Fields\":{{", severity(level));
+        out.extend_from_slice(&fields.buf);
+        out.extend_from_slice(b"}}\n");
+        out
     }
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
 
 /// Syslog severity of a tracing level.
@@ -141,42 +197,98 @@ fn severity(level: &Level) -> u8 {
 
 impl<S: Subscriber> Layer<S> for MozLog {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut fields = JsonFields(Map::new());
-        event.record(&mut fields);
         let meta = event.metadata();
-        let line = self.line(meta.level(), meta.target(), fields.0);
-        let mut buf = line.to_string().into_bytes();
-        buf.push(b'\n');
-        // One write per line keeps lines whole; a full or closed stdout must
-        // not take the service down.
-        let _ = std::io::stdout().lock().write_all(&buf);
+        (self.sink)(&self.line(meta.level(), meta.target(), event));
     }
 }
 
-struct JsonFields(Map<String, Value>);
+/// An event's fields as the inside of the `Fields` object; its `type`
+/// field apart, as the line's `Type`.
+#[derive(Default)]
+struct LineFields {
+    buf: Vec<u8>,
+    kind: Option<String>,
+}
 
-impl Visit for JsonFields {
+impl LineFields {
+    fn key(&mut self, field: &Field) {
+        if !self.buf.is_empty() {
+            self.buf.push(b',');
+        }
+        json_str(&mut self.buf, field.name());
+        self.buf.push(b':');
+    }
+}
+
+impl Visit for LineFields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().into(), format!("{value:?}").into());
+        self.record_str(field, &format!("{value:?}"));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        if field.name() == "type" {
+            self.kind = Some(value.to_owned());
+            return;
+        }
+        self.key(field);
+        json_str(&mut self.buf, value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        let _ = write!(self.buf, "{value}");
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        let _ = write!(self.buf, "{value}");
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        // NaN and infinities become null, as JSON has no such numbers.
+        let _ = serde_json::to_writer(&mut self.buf, &value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        self.buf
+            .extend_from_slice(if value { b"true" } else { b"false" });
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0.insert(field.name().into(), value.to_string().into());
+        self.record_str(field, &value.to_string());
+    }
+}
+
+/// A Prometheus counter of the log lines dropped because the writer fell
+/// behind; 0 until logging is on. Registered by [`crate::admin::registry`].
+pub struct DroppedLines(prometheus::IntCounter);
+
+impl DroppedLines {
+    /// The counter, named `log_lines_dropped_total` under the registry's prefix.
+    pub fn new() -> Self {
+        // A constant, valid name: cannot fail.
+        Self(
+            prometheus::IntCounter::new(
+                "log_lines_dropped_total",
+                "Log lines dropped because the log writer fell behind (stdout not read fast enough)",
+            )
+            .expect("valid metric name"),
+        )
+    }
+}
+
+impl Default for DroppedLines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl prometheus::core::Collector for DroppedLines {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let dropped = DROPPED.get().map_or(0, |c| c.dropped_lines() as u64);
+        // Counted by the writer; brought up to date when scraped.
+        self.0.inc_by(dropped.saturating_sub(self.0.get()));
+        self.0.collect()
     }
 }
 
@@ -250,11 +362,24 @@ mod tests {
 
     #[test]
     fn line_has_every_mozlog_field() {
-        let layer = MozLog::new("addonreg-test");
-        let mut fields = Map::new();
-        fields.insert("type".into(), "request.summary".into());
-        fields.insert("message".into(), "hello".into());
-        let line = layer.line(&Level::WARN, "target", fields);
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = lines.clone();
+        let layer = MozLog::new(
+            "addonreg-test",
+            Box::new(move |line| sink.lock().unwrap().extend_from_slice(line)),
+        );
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(type = "request.summary", n = 3u64, t = 1.5, ok = true, s = "a\"b", "hello");
+            tracing::info!(error = %"x\ny", "no type");
+        });
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "one line per event: {text}");
+        let line = &lines[0];
         for key in [
             "Timestamp",
             "Type",
@@ -268,10 +393,18 @@ mod tests {
             assert!(line.get(key).is_some(), "{key}");
         }
         assert_eq!(line["Type"], "request.summary");
+        assert_eq!(line["Logger"], "addonreg-test");
         assert_eq!(line["Severity"], 4);
         assert_eq!(line["EnvVersion"], "2.0");
         assert_eq!(line["Fields"]["message"], "hello");
+        assert_eq!(line["Fields"]["n"], 3);
+        assert_eq!(line["Fields"]["t"], 1.5);
+        assert_eq!(line["Fields"]["ok"], true);
+        assert_eq!(line["Fields"]["s"], "a\"b");
         assert!(line["Fields"].get("type").is_none());
         assert!(line["Timestamp"].as_u64().unwrap() > 1_700_000_000_000_000_000);
+        assert_eq!(lines[1]["Type"], module_path!(), "the target when no type");
+        assert_eq!(lines[1]["Fields"]["error"], "x\ny");
+        assert_eq!(lines[1]["Severity"], 6);
     }
 }

@@ -2,7 +2,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use shared::sentry::Reporting;
 use shared::version::VersionInfo;
 use write_worker::settings::{Cli, Command};
 use write_worker::{App, dlq, migrate};
@@ -15,12 +14,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     // dlq answers a person at a terminal: plain text, no MozLog lines, no Sentry.
-    let reporting = if matches!(command, Command::Dlq { .. }) {
-        Reporting::off()
+    let telemetry = if matches!(command, Command::Dlq { .. }) {
+        None
     } else {
         let version = VersionInfo::load(std::path::Path::new(VERSION_FILE));
         match shared::telemetry::init("addonreg-write-worker", &cli.settings.log, &version) {
-            Ok(reporting) => reporting,
+            Ok(telemetry) => Some(telemetry),
             Err(e) => {
                 eprintln!("write-worker: {e}");
                 return ExitCode::FAILURE;
@@ -45,7 +44,10 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    // Sends the errors still queued (for at most a few seconds) before exiting.
-    drop(reporting);
+    // Sends the errors still queued (for at most a few seconds), then the
+    // log lines still buffered, before exiting.
+    if let Some(telemetry) = telemetry {
+        telemetry.finish();
+    }
     code
 }
