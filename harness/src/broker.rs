@@ -308,7 +308,7 @@ impl Drop for BrokerUser {
 
 /// Runs rabbitmqctl quietly, with `stdin` as its standard input, and panics
 /// (naming the command, never the input) when it fails.
-fn rabbitmqctl(args: &[&str], stdin: Option<&str>) {
+pub(crate) fn rabbitmqctl(args: &[&str], stdin: Option<&str>) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("rabbitmqctl")

@@ -5,6 +5,7 @@ mod foundation;
 mod helpers;
 mod hostile;
 mod janitor;
+mod policy;
 mod privilege;
 mod resilience;
 mod sentry;
