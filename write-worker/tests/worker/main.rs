@@ -1,6 +1,7 @@
 //! The worker's integration tests, against real Postgres and RabbitMQ.
 
 mod dlq;
+mod dockerflow;
 mod foundation;
 mod helpers;
 mod hostile;
