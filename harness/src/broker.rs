@@ -186,6 +186,8 @@ pub enum BrokerRole {
     Worker,
     /// `addonreg_gateway`: its own exclusive queues on the invalidations exchange.
     Gateway,
+    /// `addonreg_monitoring`: no permission at all (KEDA's passive declare).
+    Monitoring,
 }
 
 impl BrokerRole {
@@ -195,6 +197,7 @@ impl BrokerRole {
             BrokerRole::Amo => "addonreg_amo",
             BrokerRole::Worker => "addonreg_worker",
             BrokerRole::Gateway => "addonreg_gateway",
+            BrokerRole::Monitoring => "addonreg_monitoring",
         }
     }
 
@@ -203,6 +206,7 @@ impl BrokerRole {
             BrokerRole::Amo => "amo",
             BrokerRole::Worker => "worker",
             BrokerRole::Gateway => "gateway",
+            BrokerRole::Monitoring => "monitoring",
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The writes queue's delivery limit and dead-lettering come from a broker
 //! policy, not from queue arguments: an operator changes them on the live
-//! queue, with no redeploy and no PRECONDITION_FAILED for the workers.
+//! queue, with no redeploy and no PRECONDITION_FAILED for the workers. And
+//! the read-only user KEDA measures the queue with.
 
 use std::time::{Duration, Instant};
 
-use harness::broker::queue_depth;
+use harness::broker::{is_access_refused, queue_depth};
 use harness::policy::escape;
-use harness::{BrokerPolicies, TestBroker};
+use harness::{BrokerPolicies, BrokerRole, BrokerUser, TestBroker};
 use lapin::BasicProperties;
 use lapin::options::{
     BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -119,4 +120,70 @@ async fn a_policy_change_reaches_the_declared_queue_without_a_redeclare() {
         .await
         .unwrap();
     conn.close(0, "done".into()).await.ok();
+}
+
+#[tokio::test]
+async fn the_monitoring_user_reads_the_queue_length_and_nothing_else() {
+    let broker = TestBroker::new();
+    let topology = broker.topology();
+    let admin = broker.connect().await;
+    let channel = admin.create_channel().await.unwrap();
+    topology.declare(&channel).await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            topology.writes_exchange.as_str().into(),
+            shared::topology::WRITE_ROUTING_KEY.into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // What KEDA's rabbitmq scaler does in QueueLength mode over AMQP.
+    let user = BrokerUser::create(&broker, BrokerRole::Monitoring);
+    let conn = user.connect().await.expect("the monitoring user connects");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let monitor = conn.create_channel().await.unwrap();
+    let queue = monitor
+        .queue_declare(
+            topology.writes_queue.as_str().into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .expect("a passive declare needs no permission");
+    assert_eq!(queue.message_count(), 1);
+
+    // It can take nothing, and change nothing.
+    let take = conn.create_channel().await.unwrap();
+    let err = take
+        .basic_get(
+            topology.writes_queue.as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .expect_err("no read permission");
+    assert!(is_access_refused(&err), "{err}");
+    let delete = conn.create_channel().await.unwrap();
+    let err = delete
+        .queue_delete(
+            topology.writes_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .expect_err("no configure permission");
+    assert!(is_access_refused(&err), "{err}");
+    assert_eq!(queue_depth(&broker, &topology.writes_queue).await, 1);
+    conn.close(0, "done".into()).await.ok();
+    admin.close(0, "done".into()).await.ok();
 }
