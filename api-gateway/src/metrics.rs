@@ -56,10 +56,11 @@ pub struct Metrics {
     pub http_connections_refused: IntCounter,
 }
 
-/// Buckets of `request_duration_seconds`, from 50 µs to 1 s.
+/// Buckets of `request_duration_seconds`, from 50 µs to 30 s: past reads that
+/// wait out `ADDONREG_READ_TIMEOUT_MS` (3 s) on more than one source.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0,
+    1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 impl Metrics {

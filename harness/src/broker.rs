@@ -186,6 +186,8 @@ pub enum BrokerRole {
     Worker,
     /// `addonreg_gateway`: its own exclusive queues on the invalidations exchange.
     Gateway,
+    /// `addonreg_monitoring`: no permission at all (KEDA's passive declare).
+    Monitoring,
 }
 
 impl BrokerRole {
@@ -195,6 +197,7 @@ impl BrokerRole {
             BrokerRole::Amo => "addonreg_amo",
             BrokerRole::Worker => "addonreg_worker",
             BrokerRole::Gateway => "addonreg_gateway",
+            BrokerRole::Monitoring => "addonreg_monitoring",
         }
     }
 
@@ -203,6 +206,7 @@ impl BrokerRole {
             BrokerRole::Amo => "amo",
             BrokerRole::Worker => "worker",
             BrokerRole::Gateway => "gateway",
+            BrokerRole::Monitoring => "monitoring",
         }
     }
 }
@@ -308,7 +312,7 @@ impl Drop for BrokerUser {
 
 /// Runs rabbitmqctl quietly, with `stdin` as its standard input, and panics
 /// (naming the command, never the input) when it fails.
-fn rabbitmqctl(args: &[&str], stdin: Option<&str>) {
+pub(crate) fn rabbitmqctl(args: &[&str], stdin: Option<&str>) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("rabbitmqctl")

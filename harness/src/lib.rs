@@ -5,6 +5,8 @@
 //! - `database`: a fresh migrated database per test on a Postgres cluster.
 //! - `broker`: a unique RabbitMQ name prefix per test, its names deleted at the end,
 //!   and throwaway least-privilege broker users for it.
+//! - `policy`: the broker policies of `infra/rabbitmq/definitions.json` for that
+//!   prefix (delivery limits, dead-lettering), cleared at the end.
 //! - `cluster`: a Postgres primary of the test's own (initdb on a free port),
 //!   which it may stop and start, and streaming replicas of it.
 //! - `process`: a real binary of the workspace, started and stopped by a test.
@@ -16,6 +18,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod database;
+pub mod policy;
 pub mod process;
 pub mod rabbit;
 pub mod sentry;
@@ -23,6 +26,7 @@ pub mod sentry;
 pub use broker::{BrokerRole, BrokerUser, TestBroker};
 pub use cluster::{PgServer, TestCluster, TestReplica};
 pub use database::TestDb;
+pub use policy::BrokerPolicies;
 pub use process::{TestProcess, free_port, wait_for_http};
 
 /// A short random name part, unique per test.

@@ -16,8 +16,11 @@ pub const REASON_HEADER: &str = "x-addonreg-reason";
 /// Header of an invalidation event: when the worker committed the change,
 /// in microseconds since the Unix epoch, so gateways can measure freshness.
 pub const COMMITTED_AT_HEADER: &str = "x-addonreg-committed-at";
-/// Backstop redelivery limit on the writes queue. The contract asks for at
-/// least 50; RabbitMQ 4 would otherwise apply 20, and crash redeliveries count.
+/// Backstop redelivery limit on the writes queue, set by the broker policy
+/// `addonreg-writes` (`infra/rabbitmq/definitions.json`), never as a queue
+/// argument: an argument could not change without PRECONDITION_FAILED on every
+/// worker's declare. The contract asks for at least 50; RabbitMQ 4 would
+/// otherwise apply 20, and crash redeliveries count.
 pub const DELIVERY_LIMIT: i64 = 1_000;
 
 /// AMQP's reply code for a normal close.
@@ -93,14 +96,14 @@ impl Topology {
             .queue_declare(
                 self.dead_queue.as_str().into(),
                 durable_queue,
-                quorum_args(None),
+                quorum_args(),
             )
             .await?;
         channel
             .queue_declare(
                 self.writes_queue.as_str().into(),
                 durable_queue,
-                quorum_args(Some(&self.dead_queue)),
+                quorum_args(),
             )
             .await?;
         channel
@@ -116,25 +119,20 @@ impl Topology {
     }
 }
 
-/// Delivery limit of the dead queue: every `dlq list` returns its messages
-/// and counts as a delivery; RabbitMQ 4's default of 20 would silently drop
-/// dead letters that SREs merely looked at.
+/// Delivery limit of the dead queue, set by the broker policy
+/// `addonreg-writes-dead`: every `dlq list` returns its messages and counts
+/// as a delivery; RabbitMQ 4's default of 20 would silently drop dead letters
+/// that SREs merely looked at.
 pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000;
 
-/// Arguments of a quorum queue, each with an explicit delivery limit; the
-/// writes queue's overflows into the dead queue rather than being dropped.
-fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
+/// The only argument a queue is declared with: its type, which can never
+/// change anyway. Everything tunable (delivery limit, dead-lettering, overflow)
+/// comes from a policy, which applies to the existing queue when it changes;
+/// a declared argument would take precedence over the policy and make every
+/// later change a PRECONDITION_FAILED for the workers (docs/deployment.md).
+fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(ShortString::from("x-queue-type"), long_string("quorum"));
-    let limit = match dead_letter_to {
-        Some(_) => DELIVERY_LIMIT,
-        None => DEAD_DELIVERY_LIMIT,
-    };
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
-    if let Some(dead) = dead_letter_to {
-        args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert("x-dead-letter-routing-key".into(), long_string(dead));
-    }
     args
 }
 
@@ -153,5 +151,16 @@ mod tests {
         assert_eq!(t.writes_queue, "addonreg.writes");
         assert_eq!(t.dead_queue, "addonreg.writes.dead");
         assert_eq!(t.invalidations_exchange, "addonreg.invalidations");
+    }
+
+    #[test]
+    fn queues_are_declared_with_their_type_only() {
+        let args = quorum_args();
+        let keys: Vec<String> = args.inner().keys().map(|k| k.to_string()).collect();
+        assert_eq!(
+            keys,
+            ["x-queue-type"],
+            "delivery limit and dead-lettering belong in a policy"
+        );
     }
 }

@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use shared::db;
 use shared::settings::InvalidSetting;
 use shared::topology::Topology;
+use shared::version::VersionInfo;
 
 use crate::consumer::Consumer;
+use crate::dockerflow::{self, Dockerflow};
 use crate::janitor;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -83,11 +85,18 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let stop = CancellationToken::new();
         let topology = Topology::new(&self.settings.amqp.prefix);
-        let admin = async {
-            if let Some(listener) = self.admin {
-                shared::admin::serve(listener, self.registry, stop.clone().cancelled_owned()).await;
-            }
-        };
+        let version = VersionInfo::load(std::path::Path::new(dockerflow::VERSION_FILE));
+        let retention = self.settings.janitor.retention().tombstones;
+        let flow = Dockerflow::new(self.pool.clone(), &self.registry, retention, version);
+        // A thread of its own: it answers (with an error) even when the
+        // consumer loop blocks the task below.
+        let admin = self.admin.and_then(|listener| {
+            shared::admin::spawn_with(listener, self.registry, flow.routes(), stop.clone())
+                .inspect_err(
+                    |e| tracing::error!(type = "admin.failed", error = %e, "no admin listener"),
+                )
+                .ok()
+        });
         let consumer = Consumer {
             pool: self.pool.clone(),
             amqp_url: self.settings.amqp.url.clone(),
@@ -95,13 +104,17 @@ impl App {
             batch: self.settings.batch.clone(),
             metrics: self.metrics,
         };
-        let work = consumer.run(&stop);
+        let work = dockerflow::watched(flow.pulse(), consumer.run(&stop));
+        let checks = flow.watch(&stop);
         let janitor = janitor::run(&self.pool, self.settings.janitor.retention(), &stop);
         let signal = async {
             shutdown.await;
             stop.cancel();
         };
-        tokio::join!(admin, work, janitor, signal);
+        tokio::join!(work, janitor, checks, signal);
+        if let Some(admin) = admin {
+            let _ = tokio::task::spawn_blocking(move || admin.join()).await;
+        }
         self.pool.close().await;
         tracing::info!(type = "worker.stop", "worker stopped");
     }

@@ -12,6 +12,7 @@
 //! - `publisher`: dead letters and invalidation events, with confirms.
 //! - `janitor`: purges old receipts and tombstones, one worker at a time.
 //! - `metrics`: every metric the worker exports.
+//! - `dockerflow`: `/__heartbeat__` (a wedged consumer loop fails it) and `/__version__`.
 //! - `migrate`: the `migrate` subcommand.
 //! - `dlq`: the `dlq` subcommands: list, show, replay and purge dead letters.
 
@@ -20,6 +21,7 @@ pub mod batch;
 pub mod broker;
 pub mod consumer;
 pub mod dlq;
+pub mod dockerflow;
 pub mod faults;
 pub mod history;
 pub mod janitor;

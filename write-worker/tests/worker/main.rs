@@ -2,11 +2,13 @@
 
 mod compaction;
 mod dlq;
+mod dockerflow;
 mod foundation;
 mod helpers;
 mod hostile;
 mod janitor;
 mod model;
+mod policy;
 mod privilege;
 mod resilience;
 mod sentry;
