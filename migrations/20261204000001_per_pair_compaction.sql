@@ -36,3 +36,12 @@ ALTER TABLE records ADD CHECK (op_count >= 1);
 
 DROP INDEX records_tombstones;
 DROP TABLE compaction;
+
+-- When any worker's janitor last completed a round (it only purges
+-- receipts now), for the worker's janitor_round_age_seconds gauge.
+CREATE TABLE janitor (
+    singleton     bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    last_round_at timestamptz NOT NULL
+);
+INSERT INTO janitor (last_round_at) VALUES ('-infinity');
+GRANT SELECT, UPDATE ON janitor TO addonreg_worker;

@@ -86,8 +86,7 @@ impl App {
         let stop = CancellationToken::new();
         let topology = Topology::new(&self.settings.amqp.prefix);
         let version = VersionInfo::load(std::path::Path::new(dockerflow::VERSION_FILE));
-        let retention = self.settings.janitor.retention().tombstones;
-        let flow = Dockerflow::new(self.pool.clone(), &self.registry, retention, version);
+        let flow = Dockerflow::new(self.pool.clone(), &self.registry, version);
         // A thread of its own: it answers (with an error) even when the
         // consumer loop blocks the task below.
         let admin = self.admin.and_then(|listener| {

@@ -97,7 +97,6 @@ pub struct Dockerflow {
     pool: PgPool,
     pulse: Arc<Pulse>,
     version: Arc<VersionInfo>,
-    tombstone_retention: Duration,
     janitor_round_age: Gauge,
     db: Arc<Mutex<Option<DbCheck>>>,
     stuck_after: Duration,
@@ -105,16 +104,11 @@ pub struct Dockerflow {
 
 impl Dockerflow {
     /// Registers `janitor_round_age_seconds` in `registry`.
-    pub fn new(
-        pool: PgPool,
-        registry: &Registry,
-        tombstone_retention: Duration,
-        version: VersionInfo,
-    ) -> Self {
+    pub fn new(pool: PgPool, registry: &Registry, version: VersionInfo) -> Self {
         // Start-up: the name is a constant, registered once.
         let janitor_round_age = Gauge::new(
             "janitor_round_age_seconds",
-            "Seconds since any worker's janitor last completed a round (from the compaction horizon).",
+            "Seconds since any worker's janitor last completed a round.",
         )
         .expect("metric definition");
         registry
@@ -124,7 +118,6 @@ impl Dockerflow {
             pool,
             pulse: Arc::new(Pulse::default()),
             version: Arc::new(version),
-            tombstone_retention,
             janitor_round_age,
             db: Arc::new(Mutex::new(None)),
             stuck_after: STUCK_AFTER,
@@ -142,15 +135,13 @@ impl Dockerflow {
         self.pulse.clone()
     }
 
-    /// Seconds since a janitor round last raised the compaction horizon to
-    /// `now() - tombstone retention`; before any round ever did (the horizon
-    /// is still -infinity), seconds since this worker started.
+    /// Seconds since any worker's janitor last completed a round; before
+    /// any round ever did, seconds since this worker started.
     async fn janitor_round_age(&self) -> Result<f64, String> {
         let query = sqlx::query_scalar::<_, Option<f64>>(
-            "SELECT CASE WHEN isfinite(horizon) \
-                 THEN (extract(epoch FROM now() - horizon) - $1)::float8 END FROM compaction",
+            "SELECT CASE WHEN isfinite(last_round_at) \
+                 THEN extract(epoch FROM now() - last_round_at)::float8 END FROM janitor",
         )
-        .bind(self.tombstone_retention.as_secs_f64())
         .fetch_one(&self.pool);
         match tokio::time::timeout(DB_CHECK_TIMEOUT, query).await {
             Ok(Ok(Some(age))) => Ok(age.max(0.0)),

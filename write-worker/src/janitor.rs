@@ -64,6 +64,11 @@ pub async fn purge(pool: &PgPool, retention: Retention) -> Result<u64, sqlx::Err
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        if receipts < CHUNK as u64 {
+            sqlx::query("UPDATE janitor SET last_round_at = now()")
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         purged += receipts;
         if receipts < CHUNK as u64 {

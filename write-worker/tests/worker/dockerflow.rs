@@ -70,8 +70,7 @@ async fn a_consumer_loop_stuck_in_one_step_fails_the_heartbeat_until_it_moves() 
         .unwrap();
     let registry = prometheus::Registry::new();
     let version = VersionInfo::load(std::path::Path::new("/nonexistent"));
-    let flow = Dockerflow::new(pool, &registry, Duration::from_secs(60), version)
-        .stuck_after(Duration::from_millis(300));
+    let flow = Dockerflow::new(pool, &registry, version).stuck_after(Duration::from_millis(300));
     let (code, body) = flow.heartbeat();
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["checks"]["consumer"], "ok");
