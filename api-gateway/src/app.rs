@@ -159,17 +159,21 @@ impl App {
         let stop = CancellationToken::new();
         // The read API first: its record route is the hot path, and every
         // route tried before it costs each request a failed match.
-        let routes = routes::routes(self.reads.clone(), self.caching.clone())
-            .or(dockerflow::routes(
-                self.replicas.clone(),
-                self.cache.clone(),
-                self.version.clone(),
-            ))
-            .recover(errors::recover)
-            .with(warp::log::custom({
-                let summary = self.summary.clone();
-                move |info| summary.record(&info)
-            }));
+        let routes = routes::routes(
+            self.reads.clone(),
+            self.caching.clone(),
+            self.limits.body_read_timeout,
+        )
+        .or(dockerflow::routes(
+            self.replicas.clone(),
+            self.cache.clone(),
+            self.version.clone(),
+        ))
+        .recover(errors::recover)
+        .with(warp::log::custom({
+            let summary = self.summary.clone();
+            move |info| summary.record(&info)
+        }));
         tracing::info!(
             type = "gateway.start",
             listen = %self.public_addr(),

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 
 use serde::Serialize;
 use thiserror::Error;
-use warp::http::header::ALLOW;
+use warp::http::header::{ALLOW, CONNECTION};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Rejection, Reply};
 
@@ -38,6 +38,9 @@ pub enum ApiError {
     /// The body is over the route's limit.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body did not arrive within `ADDONREG_HTTP_BODY_READ_TIMEOUT_MS`.
+    #[error("request body not received in time")]
+    BodyTimeout,
     /// Every replica failed or timed out.
     #[error("no database replica answered")]
     Unavailable,
@@ -67,6 +70,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +83,7 @@ impl ApiError {
             | Self::NotFound(_)
             | Self::MethodNotAllowed(_)
             | Self::PayloadTooLarge
+            | Self::BodyTimeout
             | Self::Unavailable => self.to_string().into(),
             Self::Internal(_) => "internal error".into(),
         }
@@ -90,7 +95,8 @@ impl ApiError {
             Self::InvalidField { .. }
             | Self::NotFound(_)
             | Self::MethodNotAllowed(_)
-            | Self::PayloadTooLarge => false,
+            | Self::PayloadTooLarge
+            | Self::BodyTimeout => false,
             Self::Unavailable | Self::Internal(_) => true,
         }
     }
@@ -101,6 +107,13 @@ impl ApiError {
             tracing::error!(type = "request.error", code = self.status().as_u16(), error = %self, "request failed");
         }
         let mut response = reply(self.status(), &self.public_message());
+        if let Self::BodyTimeout = self {
+            // The rest of the body may still trickle in: hang up rather than
+            // keep the connection to read it.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Self::MethodNotAllowed(methods) = self
             && !methods.is_empty()
         {

@@ -113,6 +113,19 @@ pub struct Settings {
     )]
     pub http_header_read_timeout_ms: u64,
 
+    /// Longest a client may take to send a request's body (`POST
+    /// /v1/lookups`), in ms, counted from the end of its head; it is then
+    /// answered 408 and the connection closed.
+    /// [env: ADDONREG_HTTP_BODY_READ_TIMEOUT_MS]
+    // A body trickling in a byte at a time would otherwise hold a
+    // connection slot (and a task) for as long as the client likes.
+    #[arg(
+        long,
+        env = "ADDONREG_HTTP_BODY_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub http_body_read_timeout_ms: u64,
+
     /// Longest a keep-alive connection may wait for its next request, in ms,
     /// once the last one is answered; it is then closed.
     /// [env: ADDONREG_HTTP_IDLE_TIMEOUT_MS]
@@ -180,6 +193,10 @@ impl Settings {
             )?,
             idle_timeout: millis("ADDONREG_HTTP_IDLE_TIMEOUT_MS", self.http_idle_timeout_ms)?,
             max_connections: self.http_max_connections,
+            body_read_timeout: millis(
+                "ADDONREG_HTTP_BODY_READ_TIMEOUT_MS",
+                self.http_body_read_timeout_ms,
+            )?,
         })
     }
 }
@@ -208,6 +225,7 @@ mod tests {
         assert_eq!(s.request_log_sample, 1.0);
         assert_eq!(s.http_header_read_timeout_ms, 5_000);
         assert_eq!(s.http_idle_timeout_ms, 60_000);
+        assert_eq!(s.http_body_read_timeout_ms, 10_000);
         assert_eq!(s.http_max_connections, 10_000);
         let s = Settings::try_parse_from([
             "api-gateway",
@@ -231,6 +249,7 @@ mod tests {
         assert_eq!(ok.header_read_timeout, Duration::from_secs(5));
         assert_eq!(ok.idle_timeout, Duration::from_secs(60));
         assert_eq!(ok.max_connections, 10_000);
+        assert_eq!(ok.body_read_timeout, Duration::from_secs(10));
         for (args, variable) in [
             (
                 ["--http-header-read-timeout-ms", "0"],
@@ -239,6 +258,10 @@ mod tests {
             (
                 ["--http-idle-timeout-ms", "86400001"],
                 "ADDONREG_HTTP_IDLE_TIMEOUT_MS",
+            ),
+            (
+                ["--http-body-read-timeout-ms", "0"],
+                "ADDONREG_HTTP_BODY_READ_TIMEOUT_MS",
             ),
             (
                 ["--http-max-connections", "0"],
