@@ -44,6 +44,10 @@ pub enum ApiError {
     /// Every replica failed or timed out.
     #[error("no database replica answered")]
     Unavailable,
+    /// No replica that answered had replayed what the read needs, and the
+    /// gateway won't answer an old value.
+    #[error("no database replica is fresh enough")]
+    Behind,
     /// A bug or corrupt data; the cause is logged, never answered.
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,7 +75,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Behind => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,7 +88,8 @@ impl ApiError {
             | Self::MethodNotAllowed(_)
             | Self::PayloadTooLarge
             | Self::BodyTimeout
-            | Self::Unavailable => self.to_string().into(),
+            | Self::Unavailable
+            | Self::Behind => self.to_string().into(),
             Self::Internal(_) => "internal error".into(),
         }
     }
@@ -97,7 +102,7 @@ impl ApiError {
             | Self::MethodNotAllowed(_)
             | Self::PayloadTooLarge
             | Self::BodyTimeout => false,
-            Self::Unavailable | Self::Internal(_) => true,
+            Self::Unavailable | Self::Behind | Self::Internal(_) => true,
         }
     }
 
@@ -131,6 +136,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable => Self::Unavailable,
+            StoreError::Behind(_) => Self::Behind,
             StoreError::CorruptRow(cause) => Self::Internal(cause),
         }
     }

@@ -144,6 +144,16 @@ pub struct Settings {
     #[command(flatten)]
     pub amqp: AmqpSettings,
 
+    /// AMQP heartbeat asked of the broker for the invalidation subscription,
+    /// in seconds; 0 leaves it to the broker (RabbitMQ: 60 s). The broker is
+    /// taken as lost after two intervals without a frame.
+    /// [env: ADDONREG_AMQP_HEARTBEAT_SECS]
+    // Workers publish nothing while idle, so only heartbeats tell a silent
+    // partition from quiet: until it is noticed, cached records keep their
+    // full lifetimes and no invalidation arrives.
+    #[arg(long, env = "ADDONREG_AMQP_HEARTBEAT_SECS", default_value_t = 5)]
+    pub amqp_heartbeat_secs: u16,
+
     #[command(flatten)]
     pub log: LogSettings,
 
@@ -226,6 +236,7 @@ mod tests {
         assert_eq!(s.http_header_read_timeout_ms, 5_000);
         assert_eq!(s.http_idle_timeout_ms, 60_000);
         assert_eq!(s.http_body_read_timeout_ms, 10_000);
+        assert_eq!(s.amqp_heartbeat_secs, 5);
         assert_eq!(s.http_max_connections, 10_000);
         let s = Settings::try_parse_from([
             "api-gateway",
