@@ -132,8 +132,9 @@ pub struct CacheConfig {
     pub max_fences: usize,
 }
 
-/// Fences kept by default: about 200 bytes each, so ~200 MB at most, only
-/// reached while some source lags behind a million invalidated keys.
+/// Fences kept by default (as the moka fence caches they replace held): a
+/// few hundred bytes each, reached only while some source lags behind a
+/// million invalidated keys; past it the floor takes over.
 pub const DEFAULT_MAX_FENCES: usize = 1_000_000;
 
 struct Shared {
