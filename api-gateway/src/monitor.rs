@@ -45,6 +45,9 @@ pub async fn run(
         for (i, (replica, replay)) in replicas.iter().zip(probes).enumerate() {
             let up = replay != Replay::Down;
             store.mark_health(i, up);
+            if up {
+                store.mark_primary(i, matches!(replay, Replay::Primary(_)));
+            }
             cache.replayed(i, replay);
             let name = replica.name.as_str();
             metrics

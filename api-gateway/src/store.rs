@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -137,6 +137,10 @@ struct Inner {
     /// reads already waiting on it (for a connection sqlx keeps retrying)
     /// move on at once instead of each paying the attempt timeout.
     went_down: Vec<Notify>,
+    /// Per replica: whether it was last seen to be a primary (not in
+    /// recovery); reads that need a caught-up source ask primaries last,
+    /// to keep their load off the primary while a replica will do.
+    primary: Vec<AtomicBool>,
     epoch: Instant,
 }
 
@@ -194,6 +198,7 @@ impl ReadStore {
     pub fn new(replicas: Arc<Vec<Replica>>, attempt_timeout: Duration) -> Self {
         let failed_at = replicas.iter().map(|_| AtomicU64::new(0)).collect();
         let went_down = replicas.iter().map(|_| Notify::new()).collect();
+        let primary = replicas.iter().map(|_| AtomicBool::new(false)).collect();
         Self {
             inner: Arc::new(Inner {
                 replicas,
@@ -201,6 +206,7 @@ impl ReadStore {
                 attempt_timeout,
                 failed_at,
                 went_down,
+                primary,
                 epoch: Instant::now(),
             }),
         }
@@ -216,6 +222,13 @@ impl ReadStore {
             }
         } else {
             self.mark_failed(index);
+        }
+    }
+
+    /// Records whether source `index` is a primary (the monitor's probe).
+    pub fn mark_primary(&self, index: usize, primary: bool) {
+        if let Some(flag) = self.inner.primary.get(index) {
+            flag.store(primary, Ordering::Relaxed);
         }
     }
 
@@ -322,7 +335,8 @@ impl ReadStore {
 }
 
 impl ReadStore {
-    /// Runs `query` on the first replica (in [`Self::attempt_order`]) that
+    /// Runs `query` on the first replica (in [`Self::attempt_order`], primaries
+    /// last) that
     /// has replayed the WAL up to `lsn` (a primary always has), polling
     /// [`FENCE_POLLS`] times. [`StoreError::Behind`] when none had in that
     /// time (never an answer from a source behind), `Unavailable` when none
@@ -344,7 +358,10 @@ impl ReadStore {
             if poll > 0 {
                 tokio::time::sleep(FENCE_POLL_EVERY).await;
             }
-            for i in self.attempt_order() {
+            let mut order = self.attempt_order();
+            // Stable: the replicas in their turn, then the primaries.
+            order.sort_by_key(|&i| self.inner.primary[i].load(Ordering::Relaxed));
+            for i in order {
                 if failed[i] {
                     continue;
                 }
@@ -352,6 +369,7 @@ impl ReadStore {
                 let attempt = async {
                     let (in_recovery, replayed): (bool, Option<String>) =
                         sqlx::query_as(REPLAYED).fetch_one(&pool).await?;
+                    self.mark_primary(i, !in_recovery);
                     let caught_up = !in_recovery
                         || replayed
                             .and_then(|r| r.parse::<Lsn>().ok())
@@ -760,6 +778,7 @@ mod tests {
             inner: Arc::new(Inner {
                 failed_at: replicas.iter().map(|_| AtomicU64::new(0)).collect(),
                 went_down: replicas.iter().map(|_| Notify::new()).collect(),
+                primary: replicas.iter().map(|_| AtomicBool::new(false)).collect(),
                 replicas: Arc::new(replicas),
                 next: AtomicUsize::new(0),
                 attempt_timeout: Duration::from_secs(1),
