@@ -335,9 +335,9 @@ impl ReadStore {
 }
 
 impl ReadStore {
-    /// Runs `query` on the first replica (in [`Self::attempt_order`], primaries
-    /// last) that
-    /// has replayed the WAL up to `lsn` (a primary always has), polling
+    /// Runs `query` on the first replica (in [`Self::attempt_order`],
+    /// primaries last) that has replayed the WAL up to `lsn` (a primary
+    /// always has), polling
     /// [`FENCE_POLLS`] times. [`StoreError::Behind`] when none had in that
     /// time (never an answer from a source behind), `Unavailable` when none
     /// answered at all.
