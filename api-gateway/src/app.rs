@@ -13,10 +13,9 @@ use warp::Filter;
 use shared::settings::InvalidSetting;
 use shared::version::VersionInfo;
 
-use shared::settings::Secret;
 use shared::topology::Topology;
 
-use crate::cache::{CacheConfig, CacheControl, CachedReads};
+use crate::cache::{CacheConfig, CacheControl, CachedReads, DEFAULT_MAX_FENCES};
 use crate::http_caching::CachePolicy;
 use crate::metrics::Metrics;
 use crate::replicas::{self, Replica};
@@ -57,9 +56,7 @@ pub struct App {
     metrics: Metrics,
     check_every: Duration,
     cache: CacheControl,
-    amqp_url: Secret,
-    topology: Topology,
-    connection_name: String,
+    subscription: invalidation::Subscription,
     caching: CachePolicy,
     version: Arc<VersionInfo>,
     registry: prometheus::Registry,
@@ -115,6 +112,8 @@ impl App {
                 ttl_found: Duration::from_secs(settings.cache_ttl_found_secs.into()),
                 ttl_missing: Duration::from_secs(settings.cache_ttl_missing_secs.into()),
                 ttl_disconnected: Duration::from_millis(settings.cache_disconnected_ttl_ms),
+                sources: replicas.len(),
+                max_fences: DEFAULT_MAX_FENCES,
             },
             metrics.clone(),
         );
@@ -122,14 +121,18 @@ impl App {
             public,
             admin,
             reads,
-            store,
+            store: store.clone(),
             metrics,
             check_every: Duration::from_millis(settings.replica_check_interval_ms),
             cache,
-            amqp_url: settings.amqp.url.clone(),
-            topology: Topology::new(&settings.amqp.prefix),
-            // Named per prefix, so SREs (and tests) can find it.
-            connection_name: format!("addonreg-gateway {}", settings.amqp.prefix.as_str()),
+            subscription: invalidation::Subscription {
+                url: settings.amqp.url.clone(),
+                heartbeat_secs: settings.amqp_heartbeat_secs,
+                topology: Topology::new(&settings.amqp.prefix),
+                // Named per prefix, so SREs (and tests) can find it.
+                connection_name: format!("addonreg-gateway {}", settings.amqp.prefix.as_str()),
+                store: store.clone(),
+            },
             caching: CachePolicy::new(
                 settings.cache_ttl_found_secs,
                 settings.cache_ttl_missing_secs,
@@ -159,17 +162,21 @@ impl App {
         let stop = CancellationToken::new();
         // The read API first: its record route is the hot path, and every
         // route tried before it costs each request a failed match.
-        let routes = routes::routes(self.reads.clone(), self.caching.clone())
-            .or(dockerflow::routes(
-                self.replicas.clone(),
-                self.cache.clone(),
-                self.version.clone(),
-            ))
-            .recover(errors::recover)
-            .with(warp::log::custom({
-                let summary = self.summary.clone();
-                move |info| summary.record(&info)
-            }));
+        let routes = routes::routes(
+            self.reads.clone(),
+            self.caching.clone(),
+            self.limits.body_read_timeout,
+        )
+        .or(dockerflow::routes(
+            self.replicas.clone(),
+            self.cache.clone(),
+            self.version.clone(),
+        ))
+        .recover(errors::recover)
+        .with(warp::log::custom({
+            let summary = self.summary.clone();
+            move |info| summary.record(&info)
+        }));
         tracing::info!(
             type = "gateway.start",
             listen = %self.public_addr(),
@@ -196,13 +203,7 @@ impl App {
             stop.cancel();
         };
         // Ends with `stop`; the cache outlives it only by the final requests.
-        let subscription = invalidation::run(
-            self.amqp_url.clone(),
-            self.topology.clone(),
-            self.connection_name.clone(),
-            self.cache.clone(),
-            stop.clone(),
-        );
+        let subscription = invalidation::run(self.subscription, self.cache.clone(), stop.clone());
         let monitor = monitor::run(
             self.replicas.clone(),
             self.store.clone(),

@@ -9,33 +9,29 @@
 //! so a hit costs no serialising or hashing. Concurrent misses for one key
 //! share one query (moka's `try_get_with`).
 //!
-//! Freshness rests on invalidation events. Each one bumps a global
-//! generation and records, per key, a fence (that generation and the
-//! event's LSN) kept for [`FENCE_KEPT_FOR`], then evicts the key. A fill
-//! remembers the generation when it started; if its key got a newer fence,
-//! or the whole cache was cleared, meanwhile, its result is answered but not
-//! cached (returned to the waiters through the `Err` side of `try_get_with`,
-//! which moka never caches), and whoever sees the bump after the insert
-//! evicts the key again, closing the window between check and insert.
-//! A miss on a fenced key reads only from a source that has replayed the
-//! fence's LSN ([`Reads::record_at_least`]); when none has, the answer is
-//! not cached. Lookups answer cached keys from memory, read fenced keys
-//! through the fenced single-record path and the rest with one bulk query,
-//! without filling the cache. Listings and receipts are not cached, but
-//! replica lag is fenced for them too: a listing of an add-on with a live
-//! fence (any of its keys invalidated lately) reads from a source that has
-//! replayed that add-on's highest fence, and a receipt that is not found
-//! while any event arrived lately is asked again of a source that has
-//! replayed the latest event's LSN (receipts never change once written, so
-//! only their absence can be old).
+//! Freshness rests on invalidation events and on knowing how far each
+//! source has replayed ([`Fences`], `docs/freshness.md`). Each event fences
+//! its keys at its LSN, then bumps a global generation, then evicts them
+//! (fence first: a fill that reads the new generation must find the fence).
+//! A fill remembers the generation when it started; if its key got a newer
+//! fence, or the whole cache was cleared, meanwhile, its result is answered
+//! but not cached (returned to the waiters through the `Err` side of
+//! `try_get_with`, which moka never caches), and whoever sees the change
+//! after the insert evicts the key again, closing the window between check
+//! and insert. Every read (record, lookup, listing, receipt) that needs
+//! more than every source is known to have replayed (its key's fence, the
+//! global floor, or for a receipt not found the newest LSN known) goes to a
+//! source that has replayed it; when none has, the read fails (503) rather
+//! than answer an old value, and nothing is cached.
 //!
 //! While not subscribed to invalidations (before the first subscription and
 //! after losing the broker) entries live at most
 //! `ADDONREG_CACHE_DISCONNECTED_TTL_MS`. Losing the subscription and every
-//! (re)subscription drop the whole cache, since events may have been missed.
+//! (re)subscription drop the whole cache, since events may have been missed;
+//! a (re)subscription also raises the floor to the primary's LSN then.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -47,12 +43,10 @@ use shared::record::Record;
 use shared::write::Pair;
 
 use crate::answer::RecordAnswer;
+use crate::fences::{Fences, Key};
 use crate::metrics::Metrics;
-use crate::store::{Fenced, Reads, StoreError};
-
-/// How long a key's fence is kept after its last invalidation: far longer
-/// than any read (bounded by the read timeout) or sane replica lag.
-pub const FENCE_KEPT_FOR: Duration = Duration::from_secs(60);
+use crate::replicas::Replay;
+use crate::store::{Reads, StoreError};
 
 /// How many times a read that joined a fill discarded by an invalidation
 /// starts over rather than answer the value that invalidation made old.
@@ -60,8 +54,6 @@ const RETRIES_AFTER_RACE: usize = 3;
 
 /// How many fenced keys of one bulk lookup are read concurrently.
 const FENCED_LOOKUPS_AT_ONCE: usize = 4;
-
-type Key = (AddonId, Sha256);
 
 /// A single-record read's answer: the encoded record, or `None`.
 pub type Answer = Option<Arc<RecordAnswer>>;
@@ -110,23 +102,13 @@ impl Expiry<Key, Entry> for EntryTtl {
     }
 }
 
-/// A recently invalidated key: the generation of its last invalidation and
-/// the highest LSN any source must have replayed before it is refilled.
-#[derive(Debug, Clone, Copy)]
-struct Fence {
-    generation: u64,
-    lsn: Lsn,
-}
-
 /// Why a fill was not cached; moka hands the same `Arc` to every waiter.
 #[derive(Debug)]
 enum Fill {
-    /// The store failed.
+    /// The store failed, or no source had replayed the key's fence.
     Store(StoreError),
     /// Invalidated or cleared while the query ran: answer, don't cache.
     Raced(Answer),
-    /// No source had replayed the key's fence: answer, don't cache.
-    Behind(Answer),
 }
 
 /// Lifetimes and bounds of cached entries.
@@ -143,22 +125,26 @@ pub struct CacheConfig {
     pub ttl_missing: Duration,
     /// Longest lifetime while not subscribed to invalidations.
     pub ttl_disconnected: Duration,
+    /// How many sources the store reads from (replay positions to track).
+    pub sources: usize,
+    /// Most key fences (and add-on fences) kept; past it the oldest are
+    /// folded into the global floor.
+    pub max_fences: usize,
 }
 
-/// Fences kept at least, also with a small (or no) cache: a fence must
-/// outlive its key's invalidation by [`FENCE_KEPT_FOR`] whatever the cache
-/// holds, so only a flood of over a million keys a minute can push one out.
-const FENCES_KEPT_AT_LEAST: u64 = 1_000_000;
+/// Fences kept by default (as the moka fence caches they replace held): a
+/// few hundred bytes each, reached only while some source lags behind a
+/// million invalidated keys; past it the floor takes over.
+pub const DEFAULT_MAX_FENCES: usize = 1_000_000;
 
 struct Shared {
     entries: moka::future::Cache<Key, Entry>,
-    fences: moka::sync::Cache<Key, Fence>,
-    /// Per add-on, the highest fence LSN of its keys, for listings.
-    addon_fences: moka::sync::Cache<AddonId, Lsn>,
-    /// The highest LSN of any event lately, for receipts not found.
-    latest: moka::sync::Cache<(), Lsn>,
+    fences: Fences,
     /// Bumped by every invalidation and every clear.
     generation: AtomicU64,
+    /// Held while moving `generation`, so that a fence and the generation
+    /// it names are set in that order by one writer at a time.
+    bumping: Mutex<()>,
     /// The generation of the last clear.
     cleared_at: AtomicU64,
     subscribed: AtomicBool,
@@ -169,11 +155,7 @@ struct Shared {
 impl Shared {
     /// Whether `key` was invalidated, or the cache cleared, after `started`.
     fn changed_since(&self, key: &Key, started: u64) -> bool {
-        self.cleared_at.load(Ordering::SeqCst) > started
-            || self
-                .fences
-                .get(key)
-                .is_some_and(|fence| fence.generation > started)
+        self.cleared_at.load(Ordering::SeqCst) > started || self.fences.changed_since(key, started)
     }
 
     fn ttl_for(&self, answer: &Answer) -> Duration {
@@ -191,6 +173,26 @@ impl Shared {
     fn enabled(&self) -> bool {
         self.config.max_entries > 0
     }
+
+    /// Fences `key` at `lsn`, then bumps the generation: in this order, a
+    /// fill that reads the new generation (and so would cache) finds the
+    /// fence and reads from a source that has replayed it. `between` runs
+    /// in the middle (tests look there).
+    fn fence_then_bump(&self, key: &Key, lsn: Lsn, between: impl FnOnce()) {
+        let _bumping = self.bumping.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        self.fences.fence(key, lsn, generation);
+        between();
+        self.generation.store(generation, Ordering::SeqCst);
+    }
+
+    /// Bumps the generation as a clear: fills in flight won't be cached.
+    fn bump_clear(&self) {
+        let _bumping = self.bumping.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        self.cleared_at.store(generation, Ordering::SeqCst);
+        self.generation.store(generation, Ordering::SeqCst);
+    }
 }
 
 /// What the invalidation task (and the heartbeat) use to drive the cache.
@@ -200,33 +202,27 @@ pub struct CacheControl {
 }
 
 impl CacheControl {
-    /// Fences and evicts every key of an event.
+    /// Fences and evicts every key of an event; an event with no keys (a
+    /// batch that only rejected writes) still moves the newest LSN known,
+    /// which receipts not found are read at.
     pub async fn invalidate(&self, keys: Vec<Pair>, lsn: Lsn) {
         let shared = &self.shared;
         shared.metrics.invalidation_events.inc();
-        let latest = shared.latest.get(&()).map_or(lsn, |l| l.max(lsn));
-        shared.latest.insert((), latest);
+        shared.fences.saw(lsn);
         for pair in keys {
             let key = (pair.addon_id, pair.sha256);
-            let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            // Only this task writes fences, so read-then-insert doesn't race;
-            // events may arrive out of LSN order, so keep the highest.
-            let lsn = shared
-                .fences
-                .get(&key)
-                .map_or(lsn, |fence| fence.lsn.max(lsn));
-            shared.fences.insert(key.clone(), Fence { generation, lsn });
-            let addon_lsn = shared.addon_fences.get(&key.0).map_or(lsn, |l| l.max(lsn));
-            shared.addon_fences.insert(key.0.clone(), addon_lsn);
+            shared.fence_then_bump(&key, lsn, || {});
             shared.entries.invalidate(&key).await;
         }
     }
 
-    /// Subscribed again: drop everything (events were missed) and go back to
-    /// full lifetimes.
-    pub fn subscribed(&self) {
-        self.clear();
+    /// Subscribed again: drop everything (events were missed), read nothing
+    /// older than `primary_lsn` (the primary's position once bound) from
+    /// now on, and go back to full lifetimes.
+    pub fn subscribed(&self, primary_lsn: Lsn) {
         let shared = &self.shared;
+        shared.fences.raise_floor(primary_lsn);
+        self.clear();
         shared.subscribed.store(true, Ordering::SeqCst);
         shared.metrics.broker_connected.set(1);
     }
@@ -234,8 +230,7 @@ impl CacheControl {
     /// Drops every entry; fills in flight are not cached.
     pub fn clear(&self) {
         let shared = &self.shared;
-        let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        shared.cleared_at.store(generation, Ordering::SeqCst);
+        shared.bump_clear();
         shared.entries.invalidate_all();
         shared.metrics.cache_clears.inc();
     }
@@ -254,10 +249,21 @@ impl CacheControl {
         self.shared.subscribed.load(Ordering::SeqCst)
     }
 
-    /// The newest LSN of any invalidation lately: what every replica should
-    /// have replayed by now.
+    /// The newest LSN known (events, resubscriptions): what every replica
+    /// should have replayed by now.
     pub fn latest_lsn(&self) -> Option<Lsn> {
-        self.shared.latest.get(&())
+        self.shared.fences.newest()
+    }
+
+    /// Records what the monitor found source `index` had replayed; fences
+    /// every source has replayed are dropped.
+    pub fn replayed(&self, index: usize, replay: Replay) {
+        let lsn = match replay {
+            Replay::Primary(_) => u64::MAX,
+            Replay::Standby(Some(lsn)) => lsn.0,
+            Replay::Standby(None) | Replay::Down => return,
+        };
+        self.shared.fences.replayed(index, lsn);
     }
 
     /// Records how long after its commit an event was applied.
@@ -295,26 +301,15 @@ impl<R: Reads> CachedReads<R> {
     /// A cache in front of `store`, and the handle that invalidates it.
     pub fn new(store: R, config: CacheConfig, metrics: Metrics) -> (Self, CacheControl) {
         let floor = config.max_bytes / config.max_entries.max(1);
-        let fences_kept = config.max_entries.max(FENCES_KEPT_AT_LEAST);
         let shared = Arc::new(Shared {
             entries: moka::future::Cache::builder()
                 .max_capacity(config.max_bytes)
                 .weigher(move |key, entry| weight(key, entry, floor))
                 .expire_after(EntryTtl)
                 .build(),
-            fences: moka::sync::Cache::builder()
-                .max_capacity(fences_kept)
-                .time_to_live(FENCE_KEPT_FOR)
-                .build(),
-            addon_fences: moka::sync::Cache::builder()
-                .max_capacity(fences_kept)
-                .time_to_live(FENCE_KEPT_FOR)
-                .build(),
-            latest: moka::sync::Cache::builder()
-                .max_capacity(1)
-                .time_to_live(FENCE_KEPT_FOR)
-                .build(),
+            fences: Fences::new(config.sources, config.max_fences),
             generation: AtomicU64::new(0),
+            bumping: Mutex::new(()),
             cleared_at: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
             config,
@@ -326,39 +321,33 @@ impl<R: Reads> CachedReads<R> {
         (Self { store, shared }, control)
     }
 
-    /// Queries the store for one key, fenced when the key has a fence, and
-    /// decides whether the answer may be cached: `Err` when it may not.
+    /// Queries the store for one key, from a source that has replayed what
+    /// the key needs, and decides whether the answer may be cached: `Err`
+    /// when it may not.
     async fn fill(&self, key: &Key, started: u64) -> Result<Entry, Fill> {
         let shared = &self.shared;
         let metrics = &shared.metrics;
         let (addon_id, sha256) = key;
-        let (record, caught_up) = match shared.fences.get(key) {
+        let record = match shared.fences.needed_for_key(key) {
             None => {
                 metrics.store_queries.with_label_values(&["record"]).inc();
-                let record = self.store.record(addon_id, sha256).await;
-                (record.map_err(Fill::Store)?, true)
+                self.store.record(addon_id, sha256).await
             }
-            Some(fence) => {
+            Some(lsn) => {
                 metrics
                     .store_queries
                     .with_label_values(&["record_fenced"])
                     .inc();
-                let Fenced { record, caught_up } = self
-                    .store
-                    .record_at_least(addon_id, sha256, fence.lsn)
-                    .await
-                    .map_err(Fill::Store)?;
-                (record, caught_up)
+                self.store.record_at_least(addon_id, sha256, lsn).await
             }
         };
-        let answer = encode(record).map_err(Fill::Store)?;
+        if matches!(record, Err(StoreError::Behind(_))) {
+            metrics.cache_fill_discarded.inc();
+        }
+        let answer = encode(record.map_err(Fill::Store)?).map_err(Fill::Store)?;
         if shared.changed_since(key, started) {
             metrics.cache_fill_discarded.inc();
             return Err(Fill::Raced(answer));
-        }
-        if !caught_up {
-            metrics.cache_fill_discarded.inc();
-            return Err(Fill::Behind(answer));
         }
         let ttl = shared.ttl_for(&answer);
         let expires_at = Instant::now() + ttl;
@@ -380,7 +369,7 @@ impl<R: Reads> CachedReads<R> {
             return match self.fill(key, u64::MAX).await {
                 Ok(entry) => Ok(entry.answer),
                 Err(Fill::Store(e)) => Err(Some(e)),
-                Err(Fill::Raced(answer) | Fill::Behind(answer)) => Ok(answer),
+                Err(Fill::Raced(answer)) => Ok(answer),
             };
         }
         if let Some(entry) = shared.entries.get(key).await {
@@ -412,7 +401,7 @@ impl<R: Reads> CachedReads<R> {
             Err(fill) => match fill.as_ref() {
                 Fill::Store(e) => Err(Some(e.clone())),
                 Fill::Raced(_) if !ran && !last_try => Err(None),
-                Fill::Raced(answer) | Fill::Behind(answer) => Ok(answer.clone()),
+                Fill::Raced(answer) => Ok(answer.clone()),
             },
         }
     }
@@ -432,9 +421,10 @@ impl<R: Reads> CachedReads<R> {
         }
     }
 
-    /// The answer for each pair, in order: cached ones from memory, fenced
-    /// ones through [`Self::answer`], the rest in one query (not cached: a
-    /// bulk lookup must not push the hot keys out).
+    /// The answer for each pair, in order: cached ones from memory, keys
+    /// with a fence of their own through [`Self::answer`], the rest in one
+    /// query (not cached: a bulk lookup must not push the hot keys out),
+    /// from a source at or past the floor.
     pub async fn lookup(&self, keys: &[(AddonId, Sha256)]) -> Result<Vec<Answer>, StoreError> {
         let shared = &self.shared;
         let mut results = vec![None; keys.len()];
@@ -448,7 +438,7 @@ impl<R: Reads> CachedReads<R> {
             if let Some(entry) = cached {
                 shared.metrics.cache_hits.inc();
                 results[i] = entry.answer;
-            } else if shared.fences.contains_key(key) {
+            } else if shared.fences.get(key).is_some() {
                 fenced.push(i);
             } else {
                 rest.push(i);
@@ -465,12 +455,24 @@ impl<R: Reads> CachedReads<R> {
         }
         if !rest.is_empty() {
             let unfenced: Vec<Key> = rest.iter().map(|&i| keys[i].clone()).collect();
-            shared
-                .metrics
-                .store_queries
-                .with_label_values(&["lookup"])
-                .inc();
-            let found = self.store.lookup(&unfenced).await?;
+            let found = match shared.fences.needed_for_any() {
+                None => {
+                    shared
+                        .metrics
+                        .store_queries
+                        .with_label_values(&["lookup"])
+                        .inc();
+                    self.store.lookup(&unfenced).await?
+                }
+                Some(lsn) => {
+                    shared
+                        .metrics
+                        .store_queries
+                        .with_label_values(&["lookup_fenced"])
+                        .inc();
+                    self.store.lookup_at_least(&unfenced, lsn).await?
+                }
+            };
             for (i, record) in rest.into_iter().zip(found) {
                 results[i] = encode(record)?;
             }
@@ -479,25 +481,26 @@ impl<R: Reads> CachedReads<R> {
     }
 
     /// A listing page (see [`Reads::list`]), from a source that has replayed
-    /// the add-on's fence when it has one.
+    /// the add-on's fence and the floor.
     pub async fn list(
         &self,
         addon_id: &AddonId,
         after: Option<Sha256>,
         limit: u16,
     ) -> Result<Vec<Record>, StoreError> {
-        match self.shared.addon_fences.get(addon_id) {
+        match self.shared.fences.needed_for_addon(addon_id) {
             None => self.store.list(addon_id, after, limit).await,
             Some(lsn) => self.store.list_at_least(addon_id, after, limit, lsn).await,
         }
     }
 
-    /// A write's receipt; when not found while events arrived lately, asked
-    /// again of a source that has replayed the latest.
+    /// A write's receipt. Receipts never change once written, so only their
+    /// absence can be old: not found, it is asked again of a source that has
+    /// replayed the newest LSN known, unless every source has.
     pub async fn receipt(&self, write_id: &WriteId) -> Result<Option<Receipt>, StoreError> {
         match self.store.receipt(write_id).await? {
             Some(receipt) => Ok(Some(receipt)),
-            None => match self.shared.latest.get(&()) {
+            None => match self.shared.fences.needed_for_absence() {
                 None => Ok(None),
                 Some(lsn) => self.store.receipt_at_least(write_id, lsn).await,
             },
@@ -531,7 +534,7 @@ mod tests {
         version: Arc<Mutex<Option<&'static str>>>,
         queries: Arc<AtomicUsize>,
         delay: Duration,
-        caught_up: bool,
+        caught_up: Arc<AtomicBool>,
     }
 
     impl SlowStore {
@@ -540,7 +543,7 @@ mod tests {
                 version: Arc::new(Mutex::new(Some("1.0"))),
                 queries: Arc::new(AtomicUsize::new(0)),
                 delay,
-                caught_up: true,
+                caught_up: Arc::new(AtomicBool::new(true)),
             }
         }
 
@@ -576,12 +579,12 @@ mod tests {
             &self,
             a: &AddonId,
             s: &Sha256,
-            _: Lsn,
-        ) -> Result<Fenced, StoreError> {
-            Ok(Fenced {
-                record: self.record(a, s).await?,
-                caught_up: self.caught_up,
-            })
+            lsn: Lsn,
+        ) -> Result<Option<Record>, StoreError> {
+            if !self.caught_up.load(Ordering::SeqCst) {
+                return Err(StoreError::Behind(lsn));
+            }
+            self.record(a, s).await
         }
         async fn lookup(&self, keys: &[Key]) -> Result<Vec<Option<Record>>, StoreError> {
             let mut out = Vec::new();
@@ -613,10 +616,12 @@ mod tests {
                 ttl_found: Duration::from_secs(60),
                 ttl_missing: Duration::from_secs(60),
                 ttl_disconnected: Duration::from_secs(60),
+                sources: 1,
+                max_fences: DEFAULT_MAX_FENCES,
             },
             metrics,
         );
-        control.subscribed();
+        control.subscribed(Lsn(0));
         (reads, control)
     }
 
@@ -661,18 +666,77 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_read_from_a_source_behind_the_fence_is_not_cached() {
-        let mut store = SlowStore::new(Duration::ZERO);
-        store.caught_up = false;
+    async fn a_read_no_source_has_replayed_fails_and_is_not_cached() {
+        let store = SlowStore::new(Duration::ZERO);
+        store.caught_up.store(false, Ordering::SeqCst);
         let (reads, control) = cache(store.clone());
         let (a, s) = key();
         control.invalidate(vec![pair()], Lsn(1)).await;
-        reads.answer(&a, &s).await.unwrap();
-        reads.answer(&a, &s).await.unwrap();
-        assert_eq!(store.queries(), 2);
+        for _ in 0..2 {
+            assert!(matches!(
+                reads.answer(&a, &s).await,
+                Err(StoreError::Behind(Lsn(1)))
+            ));
+        }
         // Lookups of a fenced key take the same path.
-        reads.lookup(&[key()]).await.unwrap();
-        assert_eq!(store.queries(), 3);
+        assert!(matches!(
+            reads.lookup(&[key()]).await,
+            Err(StoreError::Behind(_))
+        ));
+        assert_eq!(store.queries(), 0, "nothing old was read");
+        store.caught_up.store(true, Ordering::SeqCst);
+        reads.answer(&a, &s).await.unwrap();
+        reads.answer(&a, &s).await.unwrap();
+        assert_eq!(store.queries(), 1, "cached once a source caught up");
+    }
+
+    #[tokio::test]
+    async fn a_fence_is_set_before_the_generation_that_names_it() {
+        // A fill starting between the two steps of an invalidation reads
+        // the generation and then looks for the key's fence: whichever
+        // generation it reads, it must either find the fence (and read
+        // from a source that replayed it) or see its fill as raced.
+        let store = SlowStore::new(Duration::ZERO);
+        let (reads, _control) = cache(store);
+        let shared = &reads.shared;
+        let key = key();
+        let mut seen = None;
+        shared.fence_then_bump(&key, Lsn(5), || {
+            let started = shared.generation.load(Ordering::SeqCst);
+            let fenced = shared.fences.needed_for_key(&key);
+            seen = Some((started, fenced));
+        });
+        let (started, fenced) = seen.unwrap();
+        assert_eq!(fenced, Some(Lsn(5)), "a fill reading {started} is fenced");
+        assert!(
+            shared.changed_since(&key, started),
+            "and its result is not cached"
+        );
+        // After both steps, a fill that started before sees the change too.
+        assert!(shared.changed_since(&key, started));
+        assert!(!shared.changed_since(&key, shared.generation.load(Ordering::SeqCst)));
+    }
+
+    #[tokio::test]
+    async fn an_event_without_keys_fences_receipts_not_found() {
+        let event: shared::event::InvalidationEvent =
+            serde_json::from_str(r#"{"v": 1, "keys": [], "lsn": "0/3000060"}"#).unwrap();
+        assert!(event.keys.is_empty());
+        let store = SlowStore::new(Duration::ZERO);
+        let (reads, control) = cache(store);
+        assert_eq!(control.latest_lsn(), Some(Lsn(0)).filter(|l| l.0 > 0));
+        control.invalidate(event.keys, event.lsn).await;
+        assert_eq!(control.latest_lsn(), Some(Lsn(0x3000060)));
+        assert_eq!(
+            reads.shared.fences.needed_for_absence(),
+            Some(Lsn(0x3000060)),
+            "a receipt not found is asked of a source that replayed it"
+        );
+        assert_eq!(
+            reads.shared.fences.needed_for_any(),
+            None,
+            "no key is fenced"
+        );
     }
 
     #[tokio::test]
@@ -685,9 +749,11 @@ mod tests {
             ttl_found: Duration::from_secs(60),
             ttl_missing: Duration::from_secs(60),
             ttl_disconnected: Duration::from_millis(100),
+            sources: 1,
+            max_fences: DEFAULT_MAX_FENCES,
         };
         let (reads, control) = CachedReads::new(store.clone(), config, metrics);
-        control.subscribed();
+        control.subscribed(Lsn(0));
         let (a, s) = key();
         reads.answer(&a, &s).await.unwrap();
         reads.answer(&a, &s).await.unwrap();
@@ -712,7 +778,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         store.set("2.0");
-        control.subscribed();
+        control.subscribed(Lsn(0));
         slow.await.unwrap().unwrap();
         assert_eq!(version(reads.answer(&a, &s).await.unwrap()), "2.0");
         assert_eq!(store.queries(), 2);
@@ -725,6 +791,8 @@ mod tests {
             ttl_found: Duration::from_secs(60),
             ttl_missing: Duration::from_secs(60),
             ttl_disconnected: Duration::from_secs(60),
+            sources: 1,
+            max_fences: DEFAULT_MAX_FENCES,
         }
     }
 
@@ -734,10 +802,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_disabled_cache_queries_every_read_and_still_fences() {
-        let mut store = SlowStore::new(Duration::ZERO);
+        let store = SlowStore::new(Duration::ZERO);
         let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let (reads, control) = CachedReads::new(store.clone(), config(0, 0), metrics.clone());
-        control.subscribed();
+        control.subscribed(Lsn(0));
         let (a, s) = key();
         reads.answer(&a, &s).await.unwrap();
         reads.answer(&a, &s).await.unwrap();
@@ -759,7 +827,7 @@ mod tests {
             0,
             "with nothing cached, no fill counts as discarded by a race"
         );
-        store.caught_up = false;
+        store.caught_up.store(false, Ordering::SeqCst);
         let (reads, _control) = CachedReads::new(store.clone(), config(0, 0), metrics);
         assert!(reads.answer(&a, &s).await.unwrap().is_some());
     }
@@ -771,7 +839,7 @@ mod tests {
         // By entries: 10 entries, memory to spare.
         let (reads, control) =
             CachedReads::new(store.clone(), config(10, 1 << 30), metrics.clone());
-        control.subscribed();
+        control.subscribed(Lsn(0));
         for i in 0..100 {
             let (a, s) = nth_key(i);
             reads.answer(&a, &s).await.unwrap();
@@ -780,7 +848,7 @@ mod tests {
         assert!(reads.shared.entries.entry_count() <= 10);
         // By memory: room for about 9 entries of ~3.6 KB, entries to spare.
         let (reads, control) = CachedReads::new(store, config(1000, 32 << 10), metrics);
-        control.subscribed();
+        control.subscribed(Lsn(0));
         for i in 0..100 {
             let (a, s) = nth_key(i);
             reads.answer(&a, &s).await.unwrap();

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 
 use serde::Serialize;
 use thiserror::Error;
-use warp::http::header::ALLOW;
+use warp::http::header::{ALLOW, CONNECTION};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Rejection, Reply};
 
@@ -38,9 +38,16 @@ pub enum ApiError {
     /// The body is over the route's limit.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The body did not arrive within `ADDONREG_HTTP_BODY_READ_TIMEOUT_MS`.
+    #[error("request body not received in time")]
+    BodyTimeout,
     /// Every replica failed or timed out.
     #[error("no database replica answered")]
     Unavailable,
+    /// No replica that answered had replayed what the read needs, and the
+    /// gateway won't answer an old value.
+    #[error("no database replica is fresh enough")]
+    Behind,
     /// A bug or corrupt data; the cause is logged, never answered.
     #[error("internal error: {0}")]
     Internal(String),
@@ -67,7 +74,8 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Unavailable | Self::Behind => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,7 +87,9 @@ impl ApiError {
             | Self::NotFound(_)
             | Self::MethodNotAllowed(_)
             | Self::PayloadTooLarge
-            | Self::Unavailable => self.to_string().into(),
+            | Self::BodyTimeout
+            | Self::Unavailable
+            | Self::Behind => self.to_string().into(),
             Self::Internal(_) => "internal error".into(),
         }
     }
@@ -90,8 +100,9 @@ impl ApiError {
             Self::InvalidField { .. }
             | Self::NotFound(_)
             | Self::MethodNotAllowed(_)
-            | Self::PayloadTooLarge => false,
-            Self::Unavailable | Self::Internal(_) => true,
+            | Self::PayloadTooLarge
+            | Self::BodyTimeout => false,
+            Self::Unavailable | Self::Behind | Self::Internal(_) => true,
         }
     }
 
@@ -101,6 +112,13 @@ impl ApiError {
             tracing::error!(type = "request.error", code = self.status().as_u16(), error = %self, "request failed");
         }
         let mut response = reply(self.status(), &self.public_message());
+        if let Self::BodyTimeout = self {
+            // The rest of the body may still trickle in: hang up rather than
+            // keep the connection to read it.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Self::MethodNotAllowed(methods) = self
             && !methods.is_empty()
         {
@@ -118,6 +136,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable => Self::Unavailable,
+            StoreError::Behind(_) => Self::Behind,
             StoreError::CorruptRow(cause) => Self::Internal(cause),
         }
     }

@@ -7,23 +7,33 @@
 //! exponential backoff. The exchange is not declared here (the gateway's
 //! broker user may not); binding before a worker declared it fails and is
 //! retried the same way. The cache is told when the subscription starts
-//! (it drops everything: events were missed) and when it ends (short
+//! (it drops everything: events were missed, and reads nothing older than
+//! the primary's WAL position read once bound) and when it ends (short
 //! lifetimes until the next one).
+//!
+//! The connection asks for an AMQP heartbeat of `ADDONREG_AMQP_HEARTBEAT_SECS`
+//! (default 5): workers publish nothing while idle, so a silent consumer is
+//! normal and only missed heartbeats tell a broker that went away without
+//! closing the connection (a partition); lapin then fails the connection
+//! after two heartbeat intervals without a frame, and the cache falls back
+//! to its disconnected lifetimes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use shared::event::InvalidationEvent;
+use shared::event::{InvalidationEvent, Lsn};
 use shared::settings::Secret;
 use shared::topology::{COMMITTED_AT_HEADER, REPLY_SUCCESS, Topology};
 
 use crate::cache::CacheControl;
+use crate::store::{ReadStore, StoreError};
 
 /// First and longest wait between subscription attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
@@ -37,21 +47,37 @@ pub enum SubscriptionError {
     /// The consumer stream ended (connection or channel closed).
     #[error("consumer ended")]
     Ended,
+    /// `ADDONREG_AMQP_URL` does not parse.
+    #[error("broker URL: {0}")]
+    Url(String),
+    /// The primary's WAL position could not be read once bound.
+    #[error("primary's WAL position: {0}")]
+    PrimaryLsn(StoreError),
+}
+
+/// Where the subscription connects, and how it learns the primary's WAL
+/// position when it (re)subscribes.
+#[derive(Clone)]
+pub struct Subscription {
+    /// `ADDONREG_AMQP_URL`.
+    pub url: Secret,
+    /// The AMQP heartbeat asked for, in seconds; 0 leaves it to the broker.
+    pub heartbeat_secs: u16,
+    /// Names under the prefix.
+    pub topology: Topology,
+    /// The connection's name as the broker shows it.
+    pub connection_name: String,
+    /// The sources, asked for the primary's WAL position.
+    pub store: ReadStore,
 }
 
 /// Keeps the cache subscribed to invalidations until `stop` fires.
-pub async fn run(
-    url: Secret,
-    topology: Topology,
-    connection_name: String,
-    cache: CacheControl,
-    stop: CancellationToken,
-) {
+pub async fn run(subscription: Subscription, cache: CacheControl, stop: CancellationToken) {
     let mut wait = BACKOFF.0;
     loop {
         let outcome = tokio::select! {
             _ = stop.cancelled() => break,
-            outcome = subscribe(&url, &topology, &connection_name, &cache, &stop) => outcome,
+            outcome = subscribe(&subscription, &cache, &stop) => outcome,
         };
         let was_subscribed = cache.is_subscribed();
         cache.unsubscribed();
@@ -78,18 +104,25 @@ pub async fn run(
 
 /// One session: connect, bind, consume until it fails or `stop` fires.
 async fn subscribe(
-    url: &Secret,
-    topology: &Topology,
-    connection_name: &str,
+    subscription: &Subscription,
     cache: &CacheControl,
     stop: &CancellationToken,
 ) -> Result<(), SubscriptionError> {
-    let connection = Connection::connect(
-        url.expose(),
-        ConnectionProperties::default().with_connection_name(connection_name.into()),
+    let mut uri: AMQPUri = subscription
+        .url
+        .expose()
+        .parse()
+        .map_err(SubscriptionError::Url)?;
+    if subscription.heartbeat_secs > 0 {
+        uri.query.heartbeat = Some(subscription.heartbeat_secs);
+    }
+    let connection = Connection::connect_uri(
+        uri,
+        ConnectionProperties::default()
+            .with_connection_name(subscription.connection_name.as_str().into()),
     )
     .await?;
-    let outcome = consume(&connection, topology, cache, stop).await;
+    let outcome = consume(&connection, subscription, cache, stop).await;
     let _ = connection
         .close(REPLY_SUCCESS, "gateway subscription ends".into())
         .await;
@@ -98,10 +131,11 @@ async fn subscribe(
 
 async fn consume(
     connection: &Connection,
-    topology: &Topology,
+    subscription: &Subscription,
     cache: &CacheControl,
     stop: &CancellationToken,
 ) -> Result<(), SubscriptionError> {
+    let topology = &subscription.topology;
     let channel = connection.create_channel().await?;
     let queue = channel
         .queue_declare(
@@ -136,9 +170,19 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    // Bound: every later event is in the queue; anything before is dropped.
-    cache.subscribed();
-    tracing::info!(type = "invalidation.subscribed", "subscribed to invalidations");
+    // Bound: every later event is in the queue; anything committed before
+    // is at or below the primary's position read now.
+    let primary_lsn: Lsn = subscription
+        .store
+        .primary_lsn()
+        .await
+        .map_err(SubscriptionError::PrimaryLsn)?;
+    cache.subscribed(primary_lsn);
+    tracing::info!(
+        type = "invalidation.subscribed",
+        primary_lsn = %primary_lsn,
+        "subscribed to invalidations"
+    );
     loop {
         let delivery = tokio::select! {
             _ = stop.cancelled() => return Ok(()),

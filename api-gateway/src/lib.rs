@@ -9,6 +9,8 @@
 //! - `answer`: a found record's encoded body and validators, as cached.
 //! - `cache`: the in-memory record cache in front of the store, with its
 //!   fences against stale refills.
+//! - `fences`: per-key and per-add-on fences, each source's replay position,
+//!   the global floor: which sources may serve which reads.
 //! - `invalidation`: the broker subscription that evicts and fences keys.
 //! - `metrics`: every Prometheus metric of the gateway.
 //! - `monitor`: background replica health checks, lag and cache size.
@@ -26,6 +28,7 @@ pub mod app;
 pub mod cache;
 pub mod dockerflow;
 pub mod errors;
+pub mod fences;
 pub mod http_caching;
 pub mod invalidation;
 pub mod metrics;

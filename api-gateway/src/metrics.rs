@@ -18,12 +18,12 @@ pub struct Metrics {
     pub cache_coalesced: IntCounter,
     /// `cache_fill_discarded_total`: query results answered but not cached,
     /// because the key was invalidated (or the cache cleared) while the query
-    /// ran, or no replica had replayed the key's fence yet.
+    /// ran, or no replica had replayed the key's fence (the read then fails).
     pub cache_fill_discarded: IntCounter,
     /// `cache_clears_total`: whole-cache drops, on every (re)subscription.
     pub cache_clears: IntCounter,
     /// `store_queries_total{kind}`: queries the cache sent to the store;
-    /// `kind` is `record`, `record_fenced` or `lookup`.
+    /// `kind` is `record`, `record_fenced`, `lookup` or `lookup_fenced`.
     pub store_queries: IntCounterVec,
     /// `invalidation_events_total`: invalidation events received.
     pub invalidation_events: IntCounter,
@@ -42,9 +42,10 @@ pub struct Metrics {
     /// `replica_healthy{replica}`: 1 when the last background check
     /// answered, else 0.
     pub replica_healthy: IntGaugeVec,
-    /// `replica_lag_bytes{replica}`: WAL bytes between the newest
-    /// invalidation's LSN and what the replica has replayed (0 for a primary
-    /// or when caught up).
+    /// `replica_lag_bytes{replica}`: WAL bytes between the newest position
+    /// known (the newest event's or resubscription's LSN, or a primary
+    /// source's own WAL position) and what the replica has replayed (0 for
+    /// a primary or when caught up).
     pub replica_lag_bytes: IntGaugeVec,
     /// `invalidation_delay_seconds`: from a worker's commit to this gateway
     /// evicting its keys (the freshness delay, by the worker's clock).

@@ -1,8 +1,9 @@
 //! Background checks: every `ADDONREG_REPLICA_CHECK_INTERVAL_MS` each
 //! replica is probed, so that a dead one leaves the rotation before a
-//! request stumbles on it and one that recovered comes back; its health and
-//! its lag behind the newest invalidation become metrics, as does the
-//! cache's size.
+//! request stumbles on it and one that recovered comes back; its replay
+//! position goes to the cache's fences (dropping those every source has
+//! replayed); its health and its lag behind the newest position known
+//! become metrics, as does the cache's size.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,18 +33,30 @@ pub async fn run(
             _ = ticks.tick() => {}
         }
         let probes = join_all(replicas.iter().map(Replica::probe)).await;
-        let latest = cache.latest_lsn();
+        // Lag is measured against the newest position known: the newest
+        // event's (or resubscription's) LSN, or a primary's own WAL position
+        // when one is among the sources, so that a replica stuck while no
+        // event comes keeps showing its lag.
+        let primary = probes.iter().filter_map(|replay| match replay {
+            Replay::Primary(lsn) => Some(*lsn),
+            _ => None,
+        });
+        let target = primary.chain(cache.latest_lsn()).max();
         for (i, (replica, replay)) in replicas.iter().zip(probes).enumerate() {
             let up = replay != Replay::Down;
             store.mark_health(i, up);
+            if up {
+                store.mark_primary(i, matches!(replay, Replay::Primary(_)));
+            }
+            cache.replayed(i, replay);
             let name = replica.name.as_str();
             metrics
                 .replica_healthy
                 .with_label_values(&[name])
                 .set(i64::from(up));
-            // No event yet: nothing to be behind. Unknown lag leaves the
-            // last figure; `replica_healthy` tells why.
-            let lag = match latest {
+            // Nothing known yet: nothing to be behind. Unknown lag leaves
+            // the last figure; `replica_healthy` tells why.
+            let lag = match target {
                 None => Some(0),
                 Some(lsn) => replay.lag_behind(lsn),
             };

@@ -32,8 +32,8 @@ pub enum Health {
 /// What a probe found: how far a replica has replayed, if it answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {
-    /// Not in recovery: a primary has everything.
-    Primary,
+    /// Not in recovery: a primary has everything; its WAL is at this LSN.
+    Primary(Lsn),
     /// A standby that has replayed up to this LSN (`None`: nothing yet).
     Standby(Option<Lsn>),
     /// Failed or timed out.
@@ -45,7 +45,7 @@ impl Replay {
     /// A standby that is down or has replayed nothing is `None`: unknown.
     pub fn lag_behind(self, target: Lsn) -> Option<u64> {
         match self {
-            Replay::Primary => Some(0),
+            Replay::Primary(_) => Some(0),
             Replay::Standby(Some(replayed)) => Some(target.0.saturating_sub(replayed.0)),
             Replay::Standby(None) | Replay::Down => None,
         }
@@ -57,18 +57,23 @@ impl Replica {
     pub async fn check(&self) -> Health {
         match self.probe().await {
             Replay::Down => Health::Down,
-            Replay::Primary | Replay::Standby(_) => Health::Up,
+            Replay::Primary(_) | Replay::Standby(_) => Health::Up,
         }
     }
 
-    /// How far it has replayed, asked within [`CHECK_TIMEOUT`].
+    /// How far it has replayed (a primary: how far it has written), asked
+    /// within [`CHECK_TIMEOUT`].
     pub async fn probe(&self) -> Replay {
         let query = sqlx::query_as::<_, (bool, Option<String>)>(
-            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text",
+            "SELECT pg_is_in_recovery(), \
+                    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                          ELSE pg_current_wal_lsn() END)::text",
         )
         .fetch_one(&self.pool);
         match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-            Ok(Ok((false, _))) => Replay::Primary,
+            Ok(Ok((false, current))) => {
+                Replay::Primary(current.and_then(|lsn| lsn.parse().ok()).unwrap_or_default())
+            }
             Ok(Ok((true, replayed))) => {
                 Replay::Standby(replayed.and_then(|lsn| lsn.parse::<Lsn>().ok()))
             }
@@ -100,7 +105,7 @@ mod tests {
     #[test]
     fn lag_is_measured_against_the_newest_event() {
         let target = Lsn(1_000);
-        assert_eq!(Replay::Primary.lag_behind(target), Some(0));
+        assert_eq!(Replay::Primary(Lsn(5)).lag_behind(target), Some(0));
         assert_eq!(
             Replay::Standby(Some(Lsn(400))).lag_behind(target),
             Some(600)

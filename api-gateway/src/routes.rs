@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::str::FromStr;
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use percent_encoding::percent_decode_str;
@@ -44,9 +45,10 @@ pub const LIST_DEFAULT_LIMIT: u16 = 100;
 pub fn routes<R: Reads>(
     reads: CachedReads<R>,
     caching: CachePolicy,
+    body_read_timeout: Duration,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     record(reads.clone(), caching)
-        .or(lookups(reads.clone()))
+        .or(lookups(reads.clone(), body_read_timeout))
         .unify()
         .or(listing(reads.clone()))
         .unify()
@@ -136,10 +138,11 @@ fn found(answer: &RecordAnswer, pre: &Preconditions, caching: &CachePolicy) -> R
 /// `POST /v1/lookups`.
 fn lookups<R: Reads>(
     reads: CachedReads<R>,
+    body_read_timeout: Duration,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "lookups")
         .and(only(&[Method::POST]))
-        .and(lookup_items())
+        .and(lookup_items(body_read_timeout))
         .then(move |items| post_lookups(reads.clone(), items))
 }
 
@@ -352,16 +355,24 @@ fn preconditions() -> impl Filter<Extract = (Preconditions,), Error = Infallible
     warp::header::headers_cloned().map(|headers| Preconditions::from_headers(&headers))
 }
 
-/// A lookup's items, parsed from a body of at most [`LOOKUP_MAX_BODY`] bytes.
-fn lookup_items() -> impl Filter<Extract = (Vec<(AddonId, Sha256)>,), Error = Rejection> + Clone {
-    body_within(LOOKUP_MAX_BODY)
+/// A lookup's items, parsed from a body of at most [`LOOKUP_MAX_BODY`] bytes
+/// that arrives within `timeout`.
+fn lookup_items(
+    timeout: Duration,
+) -> impl Filter<Extract = (Vec<(AddonId, Sha256)>,), Error = Rejection> + Clone {
+    body_within(LOOKUP_MAX_BODY, timeout)
         .and_then(|body: Vec<u8>| async move { parse_lookup(&body).map_err(warp::reject::custom) })
 }
 
 /// The request body, refused with a 413 as soon as it is known to exceed
 /// `max` bytes: before reading when `Content-Length` says so, else while
-/// reading (chunked bodies have no `Content-Length`).
-fn body_within(max: u64) -> impl Filter<Extract = (Vec<u8>,), Error = Rejection> + Clone {
+/// reading (chunked bodies have no `Content-Length`); refused with a 408
+/// when it has not all arrived `timeout` after the head, so that a client
+/// trickling its body can't hold a connection slot for ever.
+fn body_within(
+    max: u64,
+    timeout: Duration,
+) -> impl Filter<Extract = (Vec<u8>,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and_then(move |declared: Option<u64>| async move {
             match declared {
@@ -373,7 +384,11 @@ fn body_within(max: u64) -> impl Filter<Extract = (Vec<u8>,), Error = Rejection>
         })
         .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |body| read_within(body, max))
+        .and_then(move |body| async move {
+            tokio::time::timeout(timeout, read_within(body, max))
+                .await
+                .map_err(|_| warp::reject::custom(ApiError::BodyTimeout))?
+        })
 }
 
 async fn read_within<B: Buf>(

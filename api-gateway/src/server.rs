@@ -46,6 +46,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: u32,
+    /// Longest a request body may take to arrive, from the end of its head
+    /// (applied by the routes that read one).
+    pub body_read_timeout: Duration,
 }
 
 /// The listener's connection metrics (declared in `metrics`).

@@ -113,6 +113,19 @@ pub struct Settings {
     )]
     pub http_header_read_timeout_ms: u64,
 
+    /// Longest a client may take to send a request's body (`POST
+    /// /v1/lookups`), in ms, counted from the end of its head; it is then
+    /// answered 408 and the connection closed.
+    /// [env: ADDONREG_HTTP_BODY_READ_TIMEOUT_MS]
+    // A body trickling in a byte at a time would otherwise hold a
+    // connection slot (and a task) for as long as the client likes.
+    #[arg(
+        long,
+        env = "ADDONREG_HTTP_BODY_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub http_body_read_timeout_ms: u64,
+
     /// Longest a keep-alive connection may wait for its next request, in ms,
     /// once the last one is answered; it is then closed.
     /// [env: ADDONREG_HTTP_IDLE_TIMEOUT_MS]
@@ -130,6 +143,16 @@ pub struct Settings {
 
     #[command(flatten)]
     pub amqp: AmqpSettings,
+
+    /// AMQP heartbeat asked of the broker for the invalidation subscription,
+    /// in seconds; 0 leaves it to the broker (RabbitMQ: 60 s). The broker is
+    /// taken as lost after two intervals without a frame.
+    /// [env: ADDONREG_AMQP_HEARTBEAT_SECS]
+    // Workers publish nothing while idle, so only heartbeats tell a silent
+    // partition from quiet: until it is noticed, cached records keep their
+    // full lifetimes and no invalidation arrives.
+    #[arg(long, env = "ADDONREG_AMQP_HEARTBEAT_SECS", default_value_t = 5)]
+    pub amqp_heartbeat_secs: u16,
 
     #[command(flatten)]
     pub log: LogSettings,
@@ -180,6 +203,10 @@ impl Settings {
             )?,
             idle_timeout: millis("ADDONREG_HTTP_IDLE_TIMEOUT_MS", self.http_idle_timeout_ms)?,
             max_connections: self.http_max_connections,
+            body_read_timeout: millis(
+                "ADDONREG_HTTP_BODY_READ_TIMEOUT_MS",
+                self.http_body_read_timeout_ms,
+            )?,
         })
     }
 }
@@ -208,6 +235,8 @@ mod tests {
         assert_eq!(s.request_log_sample, 1.0);
         assert_eq!(s.http_header_read_timeout_ms, 5_000);
         assert_eq!(s.http_idle_timeout_ms, 60_000);
+        assert_eq!(s.http_body_read_timeout_ms, 10_000);
+        assert_eq!(s.amqp_heartbeat_secs, 5);
         assert_eq!(s.http_max_connections, 10_000);
         let s = Settings::try_parse_from([
             "api-gateway",
@@ -231,6 +260,7 @@ mod tests {
         assert_eq!(ok.header_read_timeout, Duration::from_secs(5));
         assert_eq!(ok.idle_timeout, Duration::from_secs(60));
         assert_eq!(ok.max_connections, 10_000);
+        assert_eq!(ok.body_read_timeout, Duration::from_secs(10));
         for (args, variable) in [
             (
                 ["--http-header-read-timeout-ms", "0"],
@@ -239,6 +269,10 @@ mod tests {
             (
                 ["--http-idle-timeout-ms", "86400001"],
                 "ADDONREG_HTTP_IDLE_TIMEOUT_MS",
+            ),
+            (
+                ["--http-body-read-timeout-ms", "0"],
+                "ADDONREG_HTTP_BODY_READ_TIMEOUT_MS",
             ),
             (
                 ["--http-max-connections", "0"],

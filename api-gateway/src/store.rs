@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -37,6 +37,10 @@ pub enum StoreError {
     /// A row does not parse into the domain types.
     #[error("unreadable row: {0}")]
     CorruptRow(String),
+    /// No source that answered had replayed what the read needs: answering
+    /// from one would risk an old value.
+    #[error("no replica has replayed {0}")]
+    Behind(Lsn),
 }
 
 /// The reads the gateway serves. Implemented by [`ReadStore`], and later by a
@@ -70,25 +74,29 @@ pub trait Reads: Clone + Send + Sync + 'static {
         write_id: &WriteId,
     ) -> impl Future<Output = Result<Option<Receipt>, StoreError>> + Send;
 
-    /// The record of one pair, from a source that has replayed the WAL up to
-    /// `lsn` when one does within a short wait; else from any source, with
-    /// `caught_up` false. The default can't tell, so it never claims it.
+    /// The record of one pair, from a source that has replayed the WAL up
+    /// to `lsn`; [`StoreError::Behind`] when none has within a short wait.
+    /// The default, for stores of one source that is always current, is
+    /// the plain read.
     fn record_at_least(
         &self,
         addon_id: &AddonId,
         sha256: &Sha256,
         _lsn: Lsn,
-    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send {
-        async move {
-            Ok(Fenced {
-                record: self.record(addon_id, sha256).await?,
-                caught_up: false,
-            })
-        }
+    ) -> impl Future<Output = Result<Option<Record>, StoreError>> + Send {
+        self.record(addon_id, sha256)
     }
 
-    /// `list`, from a source that has replayed `lsn` when one does within a
-    /// short wait, else from any.
+    /// `lookup`, from a source that has replayed `lsn` (as `record_at_least`).
+    fn lookup_at_least(
+        &self,
+        keys: &[(AddonId, Sha256)],
+        _lsn: Lsn,
+    ) -> impl Future<Output = Result<Vec<Option<Record>>, StoreError>> + Send {
+        self.lookup(keys)
+    }
+
+    /// `list`, from a source that has replayed `lsn` (as `record_at_least`).
     fn list_at_least(
         &self,
         addon_id: &AddonId,
@@ -99,8 +107,7 @@ pub trait Reads: Clone + Send + Sync + 'static {
         self.list(addon_id, after, limit)
     }
 
-    /// `receipt`, from a source that has replayed `lsn` when one does within
-    /// a short wait, else from any.
+    /// `receipt`, from a source that has replayed `lsn` (as `record_at_least`).
     fn receipt_at_least(
         &self,
         write_id: &WriteId,
@@ -108,15 +115,6 @@ pub trait Reads: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Receipt>, StoreError>> + Send {
         self.receipt(write_id)
     }
-}
-
-/// A record read under a fence: whether its source had replayed the fence.
-#[derive(Debug, Clone)]
-pub struct Fenced {
-    /// The record, or `None`.
-    pub record: Option<Record>,
-    /// Whether the source had replayed the fence LSN before reading it.
-    pub caught_up: bool,
 }
 
 /// Reads from the replicas, with failover between them.
@@ -139,6 +137,10 @@ struct Inner {
     /// reads already waiting on it (for a connection sqlx keeps retrying)
     /// move on at once instead of each paying the attempt timeout.
     went_down: Vec<Notify>,
+    /// Per replica: whether it was last seen to be a primary (not in
+    /// recovery); reads that need a caught-up source ask primaries last,
+    /// to keep their load off the primary while a replica will do.
+    primary: Vec<AtomicBool>,
     epoch: Instant,
 }
 
@@ -174,6 +176,13 @@ const LIST: &str = "\
 // snapshot is then at least as new (replay only moves forward).
 const REPLAYED: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text";
 
+// What the primary has written: on the primary itself, its current position;
+// on a standby, what it has received so far (a lower bound).
+const CURRENT: &str = "\
+    SELECT pg_is_in_recovery(), \
+           (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+                 ELSE pg_current_wal_lsn() END)::text";
+
 /// How often, and how far apart, a fenced read looks for a source that has
 /// replayed its fence: at most ~500 ms in all, inside the 1 s promise.
 const FENCE_POLLS: u32 = 5;
@@ -189,6 +198,7 @@ impl ReadStore {
     pub fn new(replicas: Arc<Vec<Replica>>, attempt_timeout: Duration) -> Self {
         let failed_at = replicas.iter().map(|_| AtomicU64::new(0)).collect();
         let went_down = replicas.iter().map(|_| Notify::new()).collect();
+        let primary = replicas.iter().map(|_| AtomicBool::new(false)).collect();
         Self {
             inner: Arc::new(Inner {
                 replicas,
@@ -196,6 +206,7 @@ impl ReadStore {
                 attempt_timeout,
                 failed_at,
                 went_down,
+                primary,
                 epoch: Instant::now(),
             }),
         }
@@ -211,6 +222,13 @@ impl ReadStore {
             }
         } else {
             self.mark_failed(index);
+        }
+    }
+
+    /// Records whether source `index` is a primary (the monitor's probe).
+    pub fn mark_primary(&self, index: usize, primary: bool) {
+        if let Some(flag) = self.inner.primary.get(index) {
+            flag.store(primary, Ordering::Relaxed);
         }
     }
 
@@ -317,16 +335,18 @@ impl ReadStore {
 }
 
 impl ReadStore {
-    /// Runs `query` on the first replica (in [`Self::attempt_order`]) that
-    /// has replayed the WAL up to `lsn` (a primary always has), polling
-    /// [`FENCE_POLLS`] times; `None` when none had in that time. Failures
-    /// are skipped here: the plain read that follows reports them.
+    /// Runs `query` on the first replica (in [`Self::attempt_order`],
+    /// primaries last) that has replayed the WAL up to `lsn` (a primary
+    /// always has), polling
+    /// [`FENCE_POLLS`] times. [`StoreError::Behind`] when none had in that
+    /// time (never an answer from a source behind), `Unavailable` when none
+    /// answered at all.
     async fn on_a_caught_up_replica<T, F, Fut>(
         &self,
         what: &'static str,
         lsn: Lsn,
         query: F,
-    ) -> Result<Option<T>, StoreError>
+    ) -> Result<T, StoreError>
     where
         F: Fn(PgPool) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
@@ -338,7 +358,10 @@ impl ReadStore {
             if poll > 0 {
                 tokio::time::sleep(FENCE_POLL_EVERY).await;
             }
-            for i in self.attempt_order() {
+            let mut order = self.attempt_order();
+            // Stable: the replicas in their turn, then the primaries.
+            order.sort_by_key(|&i| self.inner.primary[i].load(Ordering::Relaxed));
+            for i in order {
                 if failed[i] {
                     continue;
                 }
@@ -346,6 +369,7 @@ impl ReadStore {
                 let attempt = async {
                     let (in_recovery, replayed): (bool, Option<String>) =
                         sqlx::query_as(REPLAYED).fetch_one(&pool).await?;
+                    self.mark_primary(i, !in_recovery);
                     let caught_up = !in_recovery
                         || replayed
                             .and_then(|r| r.parse::<Lsn>().ok())
@@ -357,7 +381,10 @@ impl ReadStore {
                     }
                 };
                 match tokio::time::timeout(self.inner.attempt_timeout, attempt).await {
-                    Ok(Ok(Some(value))) => return Ok(Some(value)),
+                    Ok(Ok(Some(value))) => {
+                        self.inner.failed_at[i].store(0, Ordering::Relaxed);
+                        return Ok(value);
+                    }
                     // Behind: the next source may have it.
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) if is_about_the_rows(&e) => {
@@ -370,16 +397,43 @@ impl ReadStore {
                 }
             }
             if failed.iter().all(|f| *f) {
-                break;
+                return Err(StoreError::Unavailable);
             }
         }
         tracing::warn!(
             type = "store.fence_behind",
             query = what,
             lsn = %lsn,
-            "no replica has replayed a fence; answering from any"
+            "no replica has replayed what the read needs"
         );
-        Ok(None)
+        Err(StoreError::Behind(lsn))
+    }
+
+    /// The primary's WAL position now, from the first source that is a
+    /// primary (`pg_current_wal_lsn()`); when none of the sources that
+    /// answer is one, the highest WAL position any replica has received
+    /// (`pg_last_wal_receive_lsn()`), a lower bound (see
+    /// `docs/freshness.md`). `Unavailable` when no source answers.
+    pub async fn primary_lsn(&self) -> Result<Lsn, StoreError> {
+        let probes = futures_util::future::join_all(self.inner.replicas.iter().map(|replica| {
+            let query =
+                sqlx::query_as::<_, (bool, Option<String>)>(CURRENT).fetch_one(&replica.pool);
+            tokio::time::timeout(self.inner.attempt_timeout, query)
+        }))
+        .await;
+        let mut received: Option<Lsn> = None;
+        for probe in probes {
+            let Ok(Ok((in_recovery, lsn))) = probe else {
+                continue;
+            };
+            let lsn = lsn.and_then(|l| l.parse::<Lsn>().ok());
+            match (in_recovery, lsn) {
+                (false, Some(lsn)) => return Ok(lsn),
+                (true, Some(lsn)) => received = received.max(Some(lsn)),
+                (_, None) => received = received.max(Some(Lsn(0))),
+            }
+        }
+        received.ok_or(StoreError::Unavailable)
     }
 }
 
@@ -411,28 +465,12 @@ impl Reads for ReadStore {
     }
 
     async fn lookup(&self, keys: &[(AddonId, Sha256)]) -> Result<Vec<Option<Record>>, StoreError> {
-        let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
-        let hashes: Vec<&[u8]> = keys.iter().map(|(_, h)| h.as_bytes().as_slice()).collect();
-        let (ids, hashes) = (&ids, &hashes);
         let rows = self
             .on_a_replica("lookup", move |pool| async move {
-                sqlx::query_as::<_, LookupRow>(LOOKUP)
-                    .bind(ids)
-                    .bind(hashes)
-                    .fetch_all(&pool)
-                    .await
+                fetch_lookup(pool, keys).await
             })
             .await?;
-        let mut results = vec![None; keys.len()];
-        for row in rows {
-            // WITH ORDINALITY counts from 1.
-            let slot = usize::try_from(row.i - 1)
-                .ok()
-                .and_then(|i| results.get_mut(i))
-                .ok_or_else(|| StoreError::CorruptRow(format!("lookup ordinal {}", row.i)))?;
-            *slot = Some(row.record.into_record()?);
-        }
-        Ok(results)
+        lookup_results(keys.len(), rows)
     }
 
     async fn list(
@@ -458,22 +496,26 @@ impl Reads for ReadStore {
         addon_id: &AddonId,
         sha256: &Sha256,
         lsn: Lsn,
-    ) -> Result<Fenced, StoreError> {
+    ) -> Result<Option<Record>, StoreError> {
         let row = self
             .on_a_caught_up_replica("record_at_least", lsn, move |pool| async move {
                 fetch_record(pool, addon_id, sha256).await
             })
             .await?;
-        Ok(match row {
-            Some(row) => Fenced {
-                record: row.map(RecordRow::into_record).transpose()?,
-                caught_up: true,
-            },
-            None => Fenced {
-                record: self.record(addon_id, sha256).await?,
-                caught_up: false,
-            },
-        })
+        row.map(RecordRow::into_record).transpose()
+    }
+
+    async fn lookup_at_least(
+        &self,
+        keys: &[(AddonId, Sha256)],
+        lsn: Lsn,
+    ) -> Result<Vec<Option<Record>>, StoreError> {
+        let rows = self
+            .on_a_caught_up_replica("lookup_at_least", lsn, move |pool| async move {
+                fetch_lookup(pool, keys).await
+            })
+            .await?;
+        lookup_results(keys.len(), rows)
     }
 
     async fn list_at_least(
@@ -483,19 +525,16 @@ impl Reads for ReadStore {
         limit: u16,
         lsn: Lsn,
     ) -> Result<Vec<Record>, StoreError> {
-        let after_bytes: &[u8] = match &after {
+        let after: &[u8] = match &after {
             Some(sha256) => sha256.as_bytes(),
             None => &[],
         };
         let rows = self
             .on_a_caught_up_replica("list_at_least", lsn, move |pool| async move {
-                fetch_page(pool, addon_id, after_bytes, limit).await
+                fetch_page(pool, addon_id, after, limit).await
             })
             .await?;
-        match rows {
-            Some(rows) => rows.into_iter().map(RecordRow::into_record).collect(),
-            None => self.list(addon_id, after, limit).await,
-        }
+        rows.into_iter().map(RecordRow::into_record).collect()
     }
 
     async fn receipt_at_least(
@@ -511,10 +550,7 @@ impl Reads for ReadStore {
                     .await
             })
             .await?;
-        match row {
-            Some(row) => row.map(ReceiptRow::into_receipt).transpose(),
-            None => self.receipt(write_id).await,
-        }
+        row.map(ReceiptRow::into_receipt).transpose()
     }
 
     async fn receipt(&self, write_id: &WriteId) -> Result<Option<Receipt>, StoreError> {
@@ -541,6 +577,34 @@ async fn fetch_record(
         .bind(sha256.as_bytes().as_slice())
         .fetch_optional(&pool)
         .await
+}
+
+/// A bulk lookup's rows (only the pairs that have a live record).
+async fn fetch_lookup(
+    pool: PgPool,
+    keys: &[(AddonId, Sha256)],
+) -> Result<Vec<LookupRow>, sqlx::Error> {
+    let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+    let hashes: Vec<&[u8]> = keys.iter().map(|(_, h)| h.as_bytes().as_slice()).collect();
+    sqlx::query_as::<_, LookupRow>(LOOKUP)
+        .bind(&ids)
+        .bind(&hashes)
+        .fetch_all(&pool)
+        .await
+}
+
+/// A bulk lookup's rows put back in the order of its `n` keys.
+fn lookup_results(n: usize, rows: Vec<LookupRow>) -> Result<Vec<Option<Record>>, StoreError> {
+    let mut results = vec![None; n];
+    for row in rows {
+        // WITH ORDINALITY counts from 1.
+        let slot = usize::try_from(row.i - 1)
+            .ok()
+            .and_then(|i| results.get_mut(i))
+            .ok_or_else(|| StoreError::CorruptRow(format!("lookup ordinal {}", row.i)))?;
+        *slot = Some(row.record.into_record()?);
+    }
+    Ok(results)
 }
 
 /// One listing page's rows (`limit + 1`, to tell whether a next page exists).
@@ -714,6 +778,7 @@ mod tests {
             inner: Arc::new(Inner {
                 failed_at: replicas.iter().map(|_| AtomicU64::new(0)).collect(),
                 went_down: replicas.iter().map(|_| Notify::new()).collect(),
+                primary: replicas.iter().map(|_| AtomicBool::new(false)).collect(),
                 replicas: Arc::new(replicas),
                 next: AtomicUsize::new(0),
                 attempt_timeout: Duration::from_secs(1),

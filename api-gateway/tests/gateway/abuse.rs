@@ -429,3 +429,79 @@ async fn a_read_given_up_on_frees_its_database_connection_then_too() {
     lock.rollback().await.expect("unlock");
     assert_eq!(fetch(&gw).await.expect("an answer"), 200);
 }
+
+#[tokio::test]
+async fn slow_body_clients_are_cut_off_while_others_are_served() {
+    let (_db, gw) = gateway(&[
+        ("ADDONREG_HTTP_BODY_READ_TIMEOUT_MS", "500"),
+        ("ADDONREG_HTTP_MAX_CONNECTIONS", "200"),
+    ])
+    .await;
+
+    // Ten clients sending a whole head, then the lookup body one byte every
+    // 200 ms, never finishing it.
+    let start = Instant::now();
+    let body = format!(r#"{{"items": [{{"addon_id": "{ADDON}", "sha256": "{SHA}"}}]}}"#);
+    let slow = (0..10).map(|_| async {
+        let stream = TcpStream::connect(host(&gw)).await.expect("connect");
+        let (mut read, mut write) = stream.into_split();
+        let head = format!(
+            "POST /v1/lookups HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        write.write_all(head.as_bytes()).await.expect("send");
+        let trickle = async {
+            let mut sent = 0;
+            // Stops one byte short: the body never completes.
+            for byte in body.as_bytes()[..body.len() - 1].iter() {
+                if write.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            std::future::pending::<()>().await;
+            sent
+        };
+        let mut answer = Vec::new();
+        let closed = async {
+            let result =
+                tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut answer)).await;
+            assert!(result.is_ok(), "still open after 10 s");
+            start.elapsed()
+        };
+        let (closed, sent) = tokio::select! {
+            closed = closed => (closed, None),
+            sent = trickle => (start.elapsed(), Some(sent)),
+        };
+        (closed, sent, answer)
+    });
+    let ordinary = async {
+        let mut answered = 0;
+        while start.elapsed() < Duration::from_millis(1500) {
+            assert_eq!(fetch(&gw).await.expect("ordinary request"), 200);
+            answered += 1;
+        }
+        answered
+    };
+    let (slow, answered) = tokio::join!(join_all(slow), ordinary);
+
+    assert!(answered >= 1, "ordinary client answered {answered} times");
+    for (closed, sent, answer) in slow {
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "answered {answer:?}");
+        assert!(
+            closed >= Duration::from_millis(450) && closed <= Duration::from_secs(5),
+            "closed {closed:?} after connecting (body timeout 500 ms; trickled {sent:?})"
+        );
+    }
+    // A body sent at an ordinary pace is still answered.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/lookups", gw.public))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("lookup");
+    assert_eq!(answer.status().as_u16(), 200);
+}

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use harness::{TestBroker, TestCluster, TestDb};
+use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::helpers::{
-    Amo, Gateway, SeedRecord, eventually, get_json, insert_records, metric, register,
-    start_gateway, start_worker, wait_subscribed,
+    Amo, Gateway, ProxyMode, SeedRecord, TcpProxy, eventually, get_json, insert_records, metric,
+    register, start_gateway, start_gateway_with, start_worker, wait_subscribed,
 };
 
 const ADDON: &str = "fresh@example.com";
@@ -185,11 +186,121 @@ async fn a_paused_replica_does_not_bring_the_old_value_back() {
     worker.terminate();
 }
 
-/// With only a paused replica nothing fresh exists: the gateway answers
-/// what the replica has, without caching it, and the new value as soon as
+/// What every read endpoint answers about (`ADDON`, `sha256`) and write
+/// `write_id`: per endpoint, its status and the version (or receipt status)
+/// it shows.
+async fn every_endpoint(
+    gw: &Gateway,
+    sha256: &str,
+    write_id: &str,
+) -> Vec<(&'static str, u16, Value)> {
+    let (record, body) = get_json(&record_url(gw, sha256)).await;
+    let record = (record, body["version"].clone());
+    let (listing, body) = get_json(&format!("{}/v1/addons/{ADDON}/hashes", gw.public)).await;
+    let listing = (listing, body["items"][0]["version"].clone());
+    let (receipt, body) = get_json(&format!("{}/v1/writes/{write_id}", gw.public)).await;
+    let receipt = (receipt, body["status"].clone());
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/lookups", gw.public))
+        .json(&serde_json::json!({"items": [{"addon_id": ADDON, "sha256": sha256}]}))
+        .send()
+        .await
+        .unwrap();
+    let lookup = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    let lookup = (lookup, body["results"][0]["version"].clone());
+    vec![
+        ("record", record.0, record.1),
+        ("listing", listing.0, listing.1),
+        ("receipt", receipt.0, receipt.1),
+        ("lookup", lookup.0, lookup.1),
+    ]
+}
+
+/// Fails unless every endpoint answers `version` (the receipt `applied`);
+/// with `or_unavailable`, a 503 passes too (nothing fresh exists).
+async fn serves_new_everywhere(
+    gw: &Gateway,
+    sha256: &str,
+    write_id: &str,
+    version: &str,
+    or_unavailable: bool,
+) {
+    for (endpoint, status, shown) in every_endpoint(gw, sha256, write_id).await {
+        let expected = match endpoint {
+            "receipt" => "applied",
+            _ => version,
+        };
+        let fresh = status == 200 && shown == expected;
+        assert!(
+            fresh || (or_unavailable && status == 503),
+            "{endpoint}: {status} {shown} (expected {expected})"
+        );
+    }
+}
+
+/// Lag longer than any window the gateway keeps: with the replica paused
+/// for longer than the cached entries live (and than fences used to), the
+/// old value never comes back on any endpoint; the primary, listed last,
+/// serves. The lag stays on the metrics however long it lasts.
+#[tokio::test]
+async fn lag_longer_than_every_window_never_serves_the_old_value() {
+    let cluster = TestCluster::start().await;
+    let db = TestDb::on(cluster.admin_options()).await;
+    let replica = cluster.start_replica().await;
+    let replica_url = format!(
+        "postgres://addonreg_gateway@127.0.0.1:{}/{}",
+        replica.port(),
+        db.name()
+    );
+    let broker = TestBroker::new();
+    let amo = Amo::connect(&broker).await;
+    let mut worker = start_worker(db.url_as("addonreg_worker"), &broker);
+    // Entries live a second, so that reads keep going to the sources.
+    let gw = start_gateway_with(
+        &[replica_url, db.url_as("addonreg_gateway")],
+        broker.prefix.as_str(),
+        &[
+            ("ADDONREG_CACHE_TTL_FOUND_SECS", "1".into()),
+            ("ADDONREG_CACHE_TTL_MISSING_SECS", "1".into()),
+        ],
+    )
+    .await;
+    wait_subscribed(&gw).await;
+    let primary = db.pool_as("addonreg_gateway").await;
+
+    let id = register(&amo, ADDON, &sha(7), "1.0").await;
+    receipt(&primary, &id).await;
+    replica.catch_up_with(&cluster).await;
+    serves(&gw, &sha(7), Some("1.0"), PROMISE).await;
+
+    replica.pause_replay().await;
+    let id = register(&amo, ADDON, &sha(7), "2.0").await;
+    receipt(&primary, &id).await;
+    serves(&gw, &sha(7), Some("2.0"), PROMISE).await;
+    // Past the entries' lifetime, every poll of the fenced reads, the
+    // failover windows, and what a fence window used to be.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        serves_new_everywhere(&gw, &sha(7), &id, "2.0", false).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lag = "addonreg_gateway_replica_lag_bytes{replica=\"replica-1\"}";
+    assert!(
+        metric(&gw, lag).await > 0.0,
+        "the paused replica's lag shows"
+    );
+    replica.resume_replay().await;
+    replica.catch_up_with(&cluster).await;
+    serves_new_everywhere(&gw, &sha(7), &id, "2.0", false).await;
+    worker.terminate();
+}
+
+/// With only a paused replica nothing fresh exists: the gateway answers 503
+/// rather than the old value, caches nothing, and the new value as soon as
 /// replay resumes.
 #[tokio::test]
-async fn with_only_a_paused_replica_nothing_old_is_cached() {
+async fn with_only_a_paused_replica_the_old_value_is_never_served() {
     let cluster = TestCluster::start().await;
     let db = TestDb::on(cluster.admin_options()).await;
     let replica = cluster.start_replica().await;
@@ -214,16 +325,108 @@ async fn with_only_a_paused_replica_nothing_old_is_cached() {
     replica.pause_replay().await;
     let id = register(&amo, ADDON, &sha(4), "2.0").await;
     receipt(&primary, &id).await;
-    let discarded = "addonreg_gateway_cache_fill_discarded_total";
-    eventually(PROMISE * 5, "a fenced read that is not cached", || async {
-        let before = metric(&gw, discarded).await;
-        get_json(&record_url(&gw, &sha(4))).await;
-        metric(&gw, discarded).await > before
+    eventually(PROMISE, "the old value evicted", || async {
+        get_json(&record_url(&gw, &sha(4))).await.0 == 503
     })
     .await;
+    for _ in 0..5 {
+        serves_new_everywhere(&gw, &sha(4), &id, "2.0", true).await;
+    }
     replica.resume_replay().await;
     serves(&gw, &sha(4), Some("2.0"), PROMISE * 2).await;
     worker.terminate();
+}
+
+/// Events missed while the gateway was cut off from the broker carried
+/// LSNs it never heard: after it resubscribes, its paused replica (behind
+/// the primary's position at that moment) serves nothing, the primary does.
+#[tokio::test]
+async fn after_a_resubscribe_a_replica_behind_the_primary_serves_nothing() {
+    let cluster = TestCluster::start().await;
+    let db = TestDb::on(cluster.admin_options()).await;
+    let replica = cluster.start_replica().await;
+    let replica_url = format!(
+        "postgres://addonreg_gateway@127.0.0.1:{}/{}",
+        replica.port(),
+        db.name()
+    );
+    let broker = TestBroker::new();
+    let amo = Amo::connect(&broker).await;
+    let mut worker = start_worker(db.url_as("addonreg_worker"), &broker);
+    let proxy = TcpProxy::to_broker(&broker).await;
+    let gw = start_gateway_with(
+        &[replica_url, db.url_as("addonreg_gateway")],
+        broker.prefix.as_str(),
+        &[("ADDONREG_AMQP_URL", proxy.url.clone())],
+    )
+    .await;
+    wait_subscribed(&gw).await;
+    let primary = db.pool_as("addonreg_gateway").await;
+
+    let id = register(&amo, ADDON, &sha(8), "1.0").await;
+    receipt(&primary, &id).await;
+    replica.catch_up_with(&cluster).await;
+    serves(&gw, &sha(8), Some("1.0"), PROMISE).await;
+
+    // The write happens while the gateway's broker connection is down:
+    // its event is lost to this gateway.
+    replica.pause_replay().await;
+    proxy.set(ProxyMode::Cut);
+    let heartbeat = format!("{}/__heartbeat__", gw.public);
+    eventually(Duration::from_secs(20), "unsubscribed", || async {
+        get_json(&heartbeat).await.1["checks"]["broker"] != "ok"
+    })
+    .await;
+    let id = register(&amo, ADDON, &sha(8), "2.0").await;
+    receipt(&primary, &id).await;
+    proxy.set(ProxyMode::Forward);
+    wait_subscribed(&gw).await;
+    for _ in 0..10 {
+        serves_new_everywhere(&gw, &sha(8), &id, "2.0", false).await;
+    }
+    replica.resume_replay().await;
+    worker.terminate();
+}
+
+/// A broker that stops answering without closing the connection (a
+/// partition) is noticed within a few heartbeats: the gateway reports it
+/// and its cached records fall back to the short disconnected lifetime.
+#[tokio::test]
+async fn a_silent_broker_is_noticed_within_a_few_heartbeats() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new();
+    let _amo = Amo::connect(&broker).await;
+    let proxy = TcpProxy::to_broker(&broker).await;
+    let gw = start_gateway_with(
+        &[db.url_as("addonreg_gateway")],
+        broker.prefix.as_str(),
+        &[
+            ("ADDONREG_AMQP_URL", proxy.url.clone()),
+            ("ADDONREG_AMQP_HEARTBEAT_SECS", "1".into()),
+        ],
+    )
+    .await;
+    wait_subscribed(&gw).await;
+    insert_records(&db.owner, &[SeedRecord::registered(ADDON, &sha(9))]).await;
+    serves(&gw, &sha(9), Some("1.0"), PROMISE).await;
+    cached(&gw, &sha(9)).await;
+
+    proxy.set(ProxyMode::Freeze);
+    // A change no event will tell (as if its event were lost in the partition).
+    let mut changed = SeedRecord::registered(ADDON, &sha(9));
+    changed.version = Some("2.0".into());
+    insert_records(&db.owner, &[changed]).await;
+    let heartbeat = format!("{}/__heartbeat__", gw.public);
+    // Two missed heartbeats of 1 s, with room for a slow machine; RabbitMQ's
+    // default heartbeat (60 s) would take two minutes.
+    eventually(Duration::from_secs(10), "the partition noticed", || async {
+        get_json(&heartbeat).await.1["checks"]["broker"] != "ok"
+    })
+    .await;
+    assert_eq!(metric(&gw, "addonreg_gateway_broker_connected").await, 0.0);
+    serves(&gw, &sha(9), Some("2.0"), Duration::from_secs(2)).await;
+    proxy.set(ProxyMode::Forward);
+    wait_subscribed(&gw).await;
 }
 
 #[tokio::test]
