@@ -9,6 +9,7 @@
 //!   prefix (delivery limits, dead-lettering), cleared at the end.
 //! - `cluster`: a Postgres primary of the test's own (initdb on a free port),
 //!   which it may stop and start, and streaming replicas of it.
+//! - `model`: the seeded random write mix of the model-based tests.
 //! - `process`: a real binary of the workspace, started and stopped by a test.
 //! - `sentry`: a stand-in for Sentry's ingestion, recording what arrives.
 //!
@@ -18,6 +19,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod database;
+pub mod model;
 pub mod policy;
 pub mod process;
 pub mod rabbit;

@@ -6,6 +6,7 @@ mod foundation;
 mod freshness;
 mod fuzz;
 mod helpers;
+mod model;
 mod observability;
 mod openapi;
 mod privilege;
