@@ -5,6 +5,7 @@ mod foundation;
 mod helpers;
 mod hostile;
 mod janitor;
+mod nothing_lost;
 mod privilege;
 mod resilience;
 mod sentry;
