@@ -348,7 +348,7 @@ async fn a_broker_alarm_blocking_publishers_neither_hangs_the_worker_nor_acks_an
     while metric(port, "addonreg_worker_redeliveries_total").await < ids.len() as f64 {
         assert!(
             Instant::now() < deadline,
-            "the writes never came back: the worker hangs on the blocked publish\n{}",
+            "the writes never came back while the broker blocks publishers (a hung publish, or acks blocked with it)\n{}",
             worker.stdout_lines().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
