@@ -23,6 +23,9 @@ pub enum InvalidValue {
     /// `version` is longer than 128 bytes.
     #[error("must be at most 128 bytes")]
     Version,
+    /// A text field holds U+0000, which Postgres `text` cannot store.
+    #[error("must not contain U+0000 (NUL)")]
+    Nul,
     /// `write_id` is empty, longer than 64 characters or has a character outside `[A-Za-z0-9._:-]`.
     #[error("must be 1 to 64 characters of [A-Za-z0-9._:-]")]
     WriteId,
@@ -162,10 +165,14 @@ impl Version {
     /// Longest accepted version, in bytes.
     pub const MAX_LEN: usize = 128;
 
-    /// Parses a version, checking only its length.
+    /// Parses a version: any text of at most [`Version::MAX_LEN`] bytes
+    /// that Postgres can store, so without U+0000.
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         if s.len() > Self::MAX_LEN {
             return Err(InvalidValue::Version);
+        }
+        if s.contains('\0') {
+            return Err(InvalidValue::Nul);
         }
         Ok(Self(s.into()))
     }
@@ -387,6 +394,23 @@ mod tests {
     fn version_limit_is_inclusive() {
         assert!(Version::parse(&"v".repeat(128)).is_ok());
         assert_eq!(Version::parse(&"v".repeat(129)), Err(InvalidValue::Version));
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_text_field() {
+        // Postgres refuses U+0000 in text; a version holding it must be bad
+        // input here, not a refusal of the whole batch there.
+        for bad in ["\0", "1.0\0", "\u{0}1.0", "1.\0.0"] {
+            assert_eq!(Version::parse(bad), Err(InvalidValue::Nul), "{bad:?}");
+        }
+        assert!(
+            Version::parse("1.0 \u{1}\u{7f}é").is_ok(),
+            "other controls are text"
+        );
+        // The other text fields' character rules already exclude it.
+        assert!(AddonId::parse("a\0@b").is_err());
+        assert!(AddonId::parse("{00000000-0000-0000-0000-00000000000\0}").is_err());
+        assert!(WriteId::parse("w\0").is_err());
     }
 
     proptest! {

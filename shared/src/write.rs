@@ -431,6 +431,28 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_in_any_text_is_invalid_input_with_a_clear_reason() {
+        let with_version = |v: &str| {
+            message(json!([{"op": "register", "addon_id": "a@b", "sha256": HASH, "version": v}]))
+        };
+        let rejection = parse(&with_version("1.0\u{0}evil")).unwrap_err();
+        assert_eq!(rejection.reason.code(), "invalid_field");
+        assert_eq!(
+            rejection.reason.to_string(),
+            "invalid ops[0].version: must not contain U+0000 (NUL)"
+        );
+        assert_eq!(rejection.write_id.unwrap().as_str(), "w-1");
+        // Reasons are stored as text too: the ones that echo input escape it.
+        let op = message(json!([{"op": "fr\u{0}b", "addon_id": "a@b", "sha256": HASH}]));
+        let reason = parse(&op).unwrap_err().reason.to_string();
+        assert!(!reason.contains('\0'), "{reason:?}");
+        let mut v = with_version("1");
+        v["v"] = json!("\u{0}");
+        let reason = parse(&v).unwrap_err().reason.to_string();
+        assert!(!reason.contains('\0'), "{reason:?}");
+    }
+
+    #[test]
     fn message_level_rejections() {
         let mut m = message(json!([{"op": "delete", "addon_id": "a@b", "sha256": HASH}]));
         assert!(parse(&m).is_ok());

@@ -1,7 +1,9 @@
 //! One batch of deliveries: parsed, committed (retrying what the database
 //! can't take now, isolating what it never will), dead-lettered, announced.
-//! The caller acknowledges it afterwards, and only then.
+//! The caller acknowledges it afterwards, and only then: commit, then dead
+//! letters and the event confirmed, then the ack (docs/write-path.md).
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -125,6 +127,8 @@ impl Processor<'_> {
             }
         };
         let committed_at = std::time::SystemTime::now();
+        self.dead_letter_again(&writes, &sources, &committed, &mut dead)
+            .await?;
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -146,11 +150,11 @@ impl Processor<'_> {
             self.metrics.messages.with_label_values(&["rejected"]).inc();
             tracing::warn!(type = "write.rejected", reason = %letter.reason, "write dead-lettered");
         }
-        if !committed.pairs.is_empty() {
-            let event = InvalidationEvent::new(committed.pairs, committed.lsn);
-            let sent = self.publisher.invalidate(&event, committed_at).await?;
-            self.metrics.invalidations.inc_by(sent as u64);
-        }
+        // Every commit is announced, one naming no pair too: its LSN is what
+        // gateways fence receipts with.
+        let event = InvalidationEvent::new(committed.pairs, committed.lsn);
+        let sent = self.publisher.invalidate(&event, committed_at).await?;
+        self.metrics.invalidations.inc_by(sent as u64);
         for status in committed.outcomes.values() {
             self.metrics
                 .messages
@@ -162,6 +166,72 @@ impl Processor<'_> {
             .with_label_values(&["duplicate"])
             .inc_by(committed.duplicates as u64);
         Ok(())
+    }
+
+    /// Valid writes skipped as duplicates whose receipt says `rejected`: the
+    /// database refused them before, and that worker may have died (or failed
+    /// to publish) between committing the receipt and confirming the dead
+    /// letter. They are dead-lettered again, so dead letters are at least once.
+    async fn dead_letter_again<'a>(
+        &self,
+        writes: &[WriteMessage],
+        sources: &[&'a Received],
+        committed: &Committed,
+        dead: &mut Vec<DeadLetter<'a>>,
+    ) -> Result<(), BatchError> {
+        let taken: HashSet<u64> = dead.iter().map(|d| d.received.tag).collect();
+        let skipped: Vec<(&WriteMessage, &'a Received)> = writes
+            .iter()
+            .zip(sources.iter().copied())
+            .filter(|(w, r)| {
+                !committed.outcomes.contains_key(&w.write_id) && !taken.contains(&r.tag)
+            })
+            .collect();
+        if skipped.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = skipped.iter().map(|(w, _)| w.write_id.as_str()).collect();
+        let reasons = self.rejected_receipts(&ids).await?;
+        for (write, received) in skipped {
+            if let Some(reason) = reasons.get(write.write_id.as_str()) {
+                dead.push(DeadLetter {
+                    received,
+                    reason: format!("database_refused: {reason}"),
+                    code: "database_refused",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// write id → reason of those of `ids` with a `rejected` receipt,
+    /// retrying while Postgres fails.
+    async fn rejected_receipts(&self, ids: &[&str]) -> Result<HashMap<String, String>, BatchError> {
+        let mut pause = RETRY.0;
+        loop {
+            let rows: Result<Vec<(String, Option<String>)>, sqlx::Error> = sqlx::query_as(
+                "SELECT write_id, reason FROM receipts WHERE write_id = ANY($1) AND status = 'rejected'",
+            )
+            .bind(ids)
+            .fetch_all(self.pool)
+            .await;
+            match rows {
+                Ok(rows) => {
+                    return Ok(rows
+                        .into_iter()
+                        .map(|(id, reason)| (id, reason.unwrap_or_default()))
+                        .collect());
+                }
+                Err(error) => {
+                    tracing::warn!(type = "batch.retry", error = %error, retry_ms = pause.as_millis() as u64, "reading receipts failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return Err(BatchError::Stopped),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(RETRY.1);
+        }
     }
 
     /// Commits, retrying with backoff while the failure is transient. The

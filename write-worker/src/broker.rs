@@ -1,6 +1,11 @@
-//! The connection to RabbitMQ. lapin does not reconnect by itself: a lost
+//! The connections to RabbitMQ. lapin does not reconnect by itself: a lost
 //! connection ends its streams, so every user of the broker goes through
 //! [`connect_with_backoff`] again, which also re-declares the topology.
+//!
+//! Two connections: one consumes and acknowledges, the other publishes. A
+//! broker under a memory or disk alarm blocks every connection that publishes
+//! (it stops reading from it), which on a shared connection would block the
+//! acks, and the close that hands unacknowledged messages back, too.
 
 use std::time::Duration;
 
@@ -13,44 +18,62 @@ use shared::topology::{REPLY_SUCCESS, Topology};
 /// First and longest wait between connection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(3));
 
-/// A connection with one channel and the topology declared.
+/// Longest wait for a channel or connection to close. A blocked connection
+/// never answers; it is then dropped, and the broker reads its close once
+/// the alarm clears.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+
+/// The consuming connection with its channel and the topology declared, and
+/// the publishing connection.
 pub struct Session {
-    /// The connection, kept to close it.
+    /// The consuming connection, kept to close it.
     pub connection: Connection,
-    /// The channel everything is done on.
+    /// The channel deliveries arrive and are acknowledged on.
     pub channel: Channel,
+    /// The connection dead letters and events are published on.
+    pub publishing: Connection,
 }
 
 impl Session {
-    /// Closes the channel, then the connection: unacknowledged deliveries go
-    /// back to the queue.
+    /// Closes the consuming channel and connection (unacknowledged deliveries
+    /// go back to the queue), then the publishing connection, each given
+    /// [`CLOSE_LIMIT`].
     pub async fn close(&self) {
-        let _ = self
-            .channel
-            .close(REPLY_SUCCESS, "worker session ends".into())
-            .await;
-        let _ = self
-            .connection
-            .close(REPLY_SUCCESS, "worker session ends".into())
-            .await;
+        let reason = || "worker session ends".into();
+        let _ =
+            tokio::time::timeout(CLOSE_LIMIT, self.channel.close(REPLY_SUCCESS, reason())).await;
+        let _ =
+            tokio::time::timeout(CLOSE_LIMIT, self.connection.close(REPLY_SUCCESS, reason())).await;
+        let _ =
+            tokio::time::timeout(CLOSE_LIMIT, self.publishing.close(REPLY_SUCCESS, reason())).await;
     }
 }
 
-/// Connects, opens a channel and declares the topology, once.
+/// Connects (both connections), opens the consuming channel and declares the
+/// topology, once.
 pub async fn connect(url: &Secret, topology: &Topology) -> lapin::Result<Session> {
-    let connection = Connection::connect(
-        url.expose(),
-        // Named per prefix, so SREs (and tests) can tell deployments apart.
+    // Named per prefix, so SREs (and tests) can tell deployments apart.
+    let name = |role: &str| {
         ConnectionProperties::default().with_connection_name(
-            format!("addonreg-write-worker {}", topology.writes_queue).into(),
-        ),
-    )
-    .await?;
+            format!("addonreg-write-worker {} {role}", topology.writes_queue).into(),
+        )
+    };
+    let connection = Connection::connect(url.expose(), name("consume")).await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
+    let publishing = match Connection::connect(url.expose(), name("publish")).await {
+        Ok(publishing) => publishing,
+        Err(e) => {
+            let _ = connection
+                .close(REPLY_SUCCESS, "no publishing connection".into())
+                .await;
+            return Err(e);
+        }
+    };
     Ok(Session {
         connection,
         channel,
+        publishing,
     })
 }
 

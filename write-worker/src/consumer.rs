@@ -16,7 +16,7 @@ use shared::topology::Topology;
 use crate::batch::{BatchError, Processor, Received};
 use crate::broker::{self, Session};
 use crate::metrics::Metrics;
-use crate::publisher::Publisher;
+use crate::publisher::{PublishError, Publisher};
 use crate::settings::BatchSettings;
 
 /// Pause after a session failed right after connecting, so that a broker
@@ -52,6 +52,14 @@ impl Consumer {
     /// Consumes until `stop` fires: the batch in hand is committed and
     /// acknowledged first; messages prefetched but not begun go back to the queue.
     pub async fn run(&self, stop: &CancellationToken) {
+        if self.batch.effective_prefetch() < self.batch.prefetch {
+            tracing::info!(
+                type = "worker.prefetch_capped",
+                prefetch = self.batch.effective_prefetch(),
+                batch_max_messages = self.batch.effective_max_messages(),
+                "prefetch capped by ADDONREG_MEMORY_BUDGET_BYTES"
+            );
+        }
         let mut first = true;
         while let Some(session) =
             broker::connect_with_backoff(&self.amqp_url, &self.topology, stop).await
@@ -81,9 +89,15 @@ impl Consumer {
     ) -> Result<(), SessionError> {
         let channel = &session.channel;
         channel
-            .basic_qos(self.batch.prefetch, BasicQosOptions::default())
+            .basic_qos(self.batch.effective_prefetch(), BasicQosOptions::default())
             .await?;
-        let publisher = Publisher::open(&session.connection, self.topology.clone()).await?;
+        let publisher = Publisher::open(
+            &session.publishing,
+            self.topology.clone(),
+            Duration::from_millis(self.batch.publish_timeout_ms),
+            stop.clone(),
+        )
+        .await?;
         let result = self.consume_with(session, &publisher, stop).await;
         publisher.close().await;
         result
@@ -112,6 +126,7 @@ impl Consumer {
             stop,
         };
         let max_wait = Duration::from_millis(self.batch.max_wait_ms);
+        let max_messages = self.batch.effective_max_messages();
         loop {
             let first = tokio::select! {
                 biased;
@@ -122,7 +137,7 @@ impl Consumer {
             let mut bytes = first.data.len();
             let mut batch = vec![Received::from(first)];
             let deadline = Instant::now() + max_wait;
-            while batch.len() < self.batch.max_messages && bytes < self.batch.max_bytes {
+            while batch.len() < max_messages && bytes < self.batch.max_bytes {
                 match tokio::time::timeout_at(deadline, deliveries.next()).await {
                     Err(_) => break,
                     Ok(next) => {
@@ -135,7 +150,11 @@ impl Consumer {
             let processing = Instant::now();
             match processor.process(&batch).await {
                 Ok(()) => {}
-                Err(BatchError::Stopped) => return Ok(()),
+                // Stopped, or told to stop while the broker would not confirm:
+                // nothing is acknowledged, the broker hands it all out again.
+                Err(BatchError::Stopped | BatchError::Publish(PublishError::Stopped)) => {
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             }
             // Deliveries are processed in tag order, a whole batch at a time:

@@ -3,7 +3,8 @@
 //! Layout:
 //! - `settings`: subcommands, flags and `ADDONREG_*` variables.
 //! - `app`: builds a worker from its settings and runs it until stopped.
-//! - `broker`: the RabbitMQ session and its reconnection with backoff.
+//! - `broker`: the RabbitMQ session (a consuming and a publishing connection)
+//!   and its reconnection with backoff.
 //! - `consumer`: batches from the writes queue, acknowledged after processing.
 //! - `batch`: one batch parsed, committed, dead-lettered and announced.
 //! - `store`: the transaction that folds ops into records and keeps receipts.

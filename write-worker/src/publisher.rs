@@ -1,15 +1,22 @@
 //! What the worker publishes, each awaited until the broker confirms it:
 //! dead letters (before the original is acknowledged) and invalidation events
 //! (after the commit, before the acknowledgement).
+//!
+//! Every publish is bounded by the publish timeout: a broker that blocks
+//! publishers (memory or disk alarm) must not hold a worker forever. Dead
+//! letters are mandatory, so one that no queue takes is a failure, never a
+//! silent loss. See docs/write-path.md.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio_util::sync::CancellationToken;
 
 use shared::event::InvalidationEvent;
 use shared::topology::{COMMITTED_AT_HEADER, REASON_HEADER, REPLY_SUCCESS, Topology};
+use shared::write::Pair;
 
 /// Most keys in one event; a larger batch sends several, with the same LSN.
 const KEYS_PER_EVENT: usize = 5_000;
@@ -23,27 +30,60 @@ pub enum PublishError {
     /// The broker refused the message (nack).
     #[error("the broker did not confirm the message")]
     Nacked,
+    /// A mandatory message reached no queue (e.g. the dead queue was deleted).
+    #[error("the broker returned the message to {routing_key:?}: no queue took it")]
+    Returned {
+        /// Where it was sent.
+        routing_key: String,
+    },
+    /// No confirm within the publish timeout (a blocked connection, say).
+    #[error("no confirm within {0:?} (ADDONREG_PUBLISH_TIMEOUT_MS)")]
+    TimedOut(Duration),
+    /// The worker is stopping and the broker did not confirm in time.
+    #[error("stopped while waiting for a confirm")]
+    Stopped,
 }
+
+/// How long a publish in progress may still finish once the worker is told
+/// to stop: a healthy broker confirms in milliseconds.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// A channel in confirm mode.
 pub struct Publisher {
     channel: Channel,
     topology: Topology,
+    timeout: Duration,
+    stop: CancellationToken,
 }
 
 impl Publisher {
-    /// Opens a confirm-mode channel on `connection`.
-    pub async fn open(connection: &Connection, topology: Topology) -> lapin::Result<Self> {
+    /// Opens a confirm-mode channel on `connection` (one used for nothing
+    /// else: a broker alarm blocks publishing connections, and acks must not
+    /// wait behind it). Each publish waits at most `timeout` for its confirm,
+    /// or [`STOP_GRACE`] after `stop` fires.
+    pub async fn open(
+        connection: &Connection,
+        topology: Topology,
+        timeout: Duration,
+        stop: CancellationToken,
+    ) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel, topology })
+        Ok(Self {
+            channel,
+            topology,
+            timeout,
+            stop,
+        })
     }
 
-    /// Closes the channel (before its connection: lapin logs an error otherwise).
+    /// Closes the channel (before its connection: lapin logs an error
+    /// otherwise), given [`STOP_GRACE`]: a blocked connection never answers.
     pub async fn close(&self) {
-        let _ = self.channel.close(REPLY_SUCCESS, "done".into()).await;
+        let _ = tokio::time::timeout(STOP_GRACE, self.channel.close(REPLY_SUCCESS, "done".into()))
+            .await;
     }
 
     /// Moves a message to the dead-letter queue: same body and properties,
@@ -60,12 +100,15 @@ impl Publisher {
             AMQPValue::LongString(LongString::from(reason)),
         );
         let properties = properties.clone().with_headers(headers);
-        // Through the default exchange: the dead queue's name is its routing key.
-        self.confirm("", &self.topology.dead_queue, body, properties)
+        // Through the default exchange: the dead queue's name is its routing
+        // key. Mandatory: if that queue is gone, the original must stay unacked.
+        self.confirm("", &self.topology.dead_queue, body, properties, true)
             .await
     }
 
-    /// Publishes the invalidation event(s) of a commit made at `committed_at`.
+    /// Publishes the invalidation event(s) of a commit made at `committed_at`:
+    /// one with `"keys": []` when the commit named no pair, so that gateways
+    /// still learn its LSN (they fence receipts with it).
     pub async fn invalidate(
         &self,
         event: &InvalidationEvent,
@@ -77,7 +120,12 @@ impl Publisher {
         let mut headers = FieldTable::default();
         headers.insert(COMMITTED_AT_HEADER.into(), AMQPValue::LongLongInt(micros));
         let mut sent = 0;
-        for keys in event.keys.chunks(KEYS_PER_EVENT) {
+        let chunks: Vec<&[Pair]> = if event.keys.is_empty() {
+            vec![&[]]
+        } else {
+            event.keys.chunks(KEYS_PER_EVENT).collect()
+        };
+        for keys in chunks {
             let chunk = InvalidationEvent::new(keys.to_vec(), event.lsn);
             // Serialising domain types cannot fail.
             let body = serde_json::to_vec(&chunk).unwrap_or_default();
@@ -85,8 +133,15 @@ impl Publisher {
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_headers(headers.clone());
-            self.confirm(&self.topology.invalidations_exchange, "", &body, properties)
-                .await?;
+            // Not mandatory: with no gateway bound, nobody needs the event.
+            self.confirm(
+                &self.topology.invalidations_exchange,
+                "",
+                &body,
+                properties,
+                false,
+            )
+            .await?;
             sent += 1;
         }
         Ok(sent)
@@ -98,22 +153,42 @@ impl Publisher {
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
+        mandatory: bool,
     ) -> Result<(), PublishError> {
-        let confirmation = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await?
-            .await?;
-        if confirmation.is_ack() {
-            Ok(())
-        } else {
-            Err(PublishError::Nacked)
+        let publish = async {
+            let options = BasicPublishOptions {
+                mandatory,
+                ..BasicPublishOptions::default()
+            };
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let stopping = async {
+            self.stop.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        let confirmation = tokio::select! {
+            outcome = tokio::time::timeout(self.timeout, publish) => {
+                outcome.map_err(|_| PublishError::TimedOut(self.timeout))??
+            }
+            _ = stopping => return Err(PublishError::Stopped),
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+                Err(PublishError::Returned {
+                    routing_key: routing_key.to_string(),
+                })
+            }
+            Confirmation::Nack(None) | Confirmation::NotRequested => Err(PublishError::Nacked),
         }
     }
 }

@@ -159,7 +159,36 @@ pub struct BatchSettings {
         default_value_t = 5
     )]
     pub max_wait_ms: u64,
+
+    /// Bytes the worker may use in all. Caps the prefetch, since any prefetched
+    /// body may be 4 MiB: see `BatchSettings::prefetch_limit`. [env: ADDONREG_MEMORY_BUDGET_BYTES]
+    #[arg(
+        long = "memory-budget-bytes",
+        env = "ADDONREG_MEMORY_BUDGET_BYTES",
+        default_value_t = DEFAULT_MEMORY_BUDGET
+    )]
+    pub memory_budget_bytes: u64,
+
+    /// Longest wait for the broker to confirm a dead letter or an event, in
+    /// ms; then the worker drops its connections (acknowledging nothing) and
+    /// starts over. [env: ADDONREG_PUBLISH_TIMEOUT_MS]
+    #[arg(
+        long = "publish-timeout-ms",
+        env = "ADDONREG_PUBLISH_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub publish_timeout_ms: u64,
 }
+
+/// 768 MiB: under the 1 GiB pod limit with room for the allocator's slack.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 768 * 1024 * 1024;
+
+/// What a worker needs besides its prefetched bodies: the process itself
+/// (runtime, pools, buffers) ...
+const BASE_RESERVE: u64 = 64 * 1024 * 1024;
+/// ... and, per byte of the batch in hand, its parsed ops, the statement
+/// arrays built from them and their encoding (measured: see docs/write-path.md).
+const PROCESSING_FACTOR: u64 = 6;
 
 /// What the janitor keeps, and how often it looks.
 #[derive(Debug, Clone, Args)]
@@ -205,9 +234,55 @@ impl BatchSettings {
                 ),
             });
         }
+        if self.prefetch_limit() == 0 {
+            return Err(shared::settings::InvalidSetting {
+                variable: "ADDONREG_MEMORY_BUDGET_BYTES",
+                problem: format!(
+                    "must be at least {} bytes with ADDONREG_BATCH_MAX_BYTES={}: the reserve for processing plus one 4 MiB message",
+                    self.reserve() + MAX_BODY,
+                    self.max_bytes
+                ),
+            });
+        }
+        if self.publish_timeout_ms == 0 {
+            return Err(shared::settings::InvalidSetting {
+                variable: "ADDONREG_PUBLISH_TIMEOUT_MS",
+                problem: "must be at least 1".to_string(),
+            });
+        }
         Ok(())
     }
+
+    /// Bytes kept for everything but prefetched bodies.
+    fn reserve(&self) -> u64 {
+        let batch = (self.max_bytes as u64).saturating_add(MAX_BODY);
+        BASE_RESERVE.saturating_add(PROCESSING_FACTOR.saturating_mul(batch))
+    }
+
+    /// The most deliveries the budget can hold: each may be 4 MiB (the
+    /// contract's limit), and RabbitMQ bounds only their number, so
+    /// `budget >= reserve + limit * 4 MiB` is the worker's memory bound.
+    pub fn prefetch_limit(&self) -> u16 {
+        let room = self.memory_budget_bytes.saturating_sub(self.reserve()) / MAX_BODY;
+        u16::try_from(room).unwrap_or(u16::MAX)
+    }
+
+    /// The prefetch asked for, capped by the memory budget.
+    pub fn effective_prefetch(&self) -> u16 {
+        self.prefetch.min(self.prefetch_limit())
+    }
+
+    /// The batch size asked for, at most the effective prefetch (a batch
+    /// can't hold more than the broker sends ahead).
+    pub fn effective_max_messages(&self) -> usize {
+        self.max_messages
+            .min(usize::from(self.effective_prefetch()))
+            .max(1)
+    }
 }
+
+/// The contract's largest body.
+const MAX_BODY: u64 = shared::write::MAX_BODY_BYTES as u64;
 
 #[cfg(test)]
 mod tests {
@@ -243,6 +318,30 @@ mod tests {
         assert_eq!(retention("86400").unwrap(), 86400);
         let cli = Cli::try_parse_from(["write-worker"]).unwrap();
         assert_eq!(cli.settings.batch.op_retention, Retention::DEFAULT);
+    }
+
+    #[test]
+    fn the_memory_budget_caps_the_prefetch() {
+        let batch = |args: &[&str]| {
+            Cli::try_parse_from(["write-worker"].iter().chain(args))
+                .unwrap()
+                .settings
+                .batch
+        };
+        let defaults = batch(&[]);
+        defaults.validate().unwrap();
+        // 768 MiB - (64 MiB + 6 x 12 MiB) = 632 MiB: 158 bodies of 4 MiB.
+        assert_eq!(defaults.effective_prefetch(), 158);
+        assert_eq!(defaults.effective_max_messages(), 158);
+        let roomy = batch(&["--memory-budget-bytes", "17179869184", "--prefetch", "600"]);
+        assert_eq!(
+            (roomy.effective_prefetch(), roomy.effective_max_messages()),
+            (600, 500)
+        );
+        let tiny = batch(&["--memory-budget-bytes", "100000000"]);
+        let error = tiny.validate().unwrap_err();
+        assert_eq!(error.variable, "ADDONREG_MEMORY_BUDGET_BYTES");
+        assert!(batch(&["--publish-timeout-ms", "0"]).validate().is_err());
     }
 
     #[test]

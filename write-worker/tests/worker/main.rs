@@ -8,6 +8,7 @@ mod helpers;
 mod hostile;
 mod janitor;
 mod model;
+mod nothing_lost;
 mod policy;
 mod privilege;
 mod resilience;
