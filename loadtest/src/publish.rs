@@ -1,4 +1,4 @@
-//! Publishing as AMO does (README "How AMO publishes a write"): persistent
+//! Publishing as AMO does (README, "How AMO publishes a write"): persistent
 //! JSON, `message_id` = `write_id`, mandatory, to `<prefix>.writes` with
 //! key `write`, every publisher confirm awaited. A bounded window of
 //! confirms is in flight, optionally paced to a rate, with a progress bar.
