@@ -11,6 +11,7 @@
 //!   which it may stop and start, and streaming replicas of it.
 //! - `model`: the seeded random write mix of the model-based tests.
 //! - `process`: a real binary of the workspace, started and stopped by a test.
+//! - `proxy`: a TCP proxy to the broker that a test freezes or cuts.
 //! - `sentry`: a stand-in for Sentry's ingestion, recording what arrives.
 //!
 //! Each owner cleans up in `Drop`, also when the test fails; a failing test's
@@ -22,6 +23,7 @@ pub mod database;
 pub mod model;
 pub mod policy;
 pub mod process;
+pub mod proxy;
 pub mod rabbit;
 pub mod sentry;
 
@@ -30,6 +32,7 @@ pub use cluster::{PgServer, TestCluster, TestReplica};
 pub use database::TestDb;
 pub use policy::BrokerPolicies;
 pub use process::{TestProcess, free_port, wait_for_http};
+pub use proxy::{ProxyMode, TcpProxy};
 
 /// A short random name part, unique per test.
 fn unique() -> String {

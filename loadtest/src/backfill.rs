@@ -20,7 +20,7 @@ pub const HISTORY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 
 /// `issued_at` of the `i`-th of `messages`: spread evenly over [`HISTORY`]
 /// before `now`, oldest first.
-fn issued_at(now: Timestamp, i: usize, messages: usize) -> Timestamp {
+pub fn issued_at(now: Timestamp, i: usize, messages: usize) -> Timestamp {
     let span = HISTORY.as_micros() as i64;
     let behind = span - span / messages.max(1) as i64 * i as i64;
     chrono::DateTime::from_timestamp_micros(now.unix_micros() - behind)
@@ -64,7 +64,18 @@ impl Backfilled {
 
 /// The `i`-th message: registers of records `i * ops ..` (at most `records`).
 fn message(i: usize, ops: usize, records: usize, issued_at: Timestamp) -> Outgoing {
-    let write_id = format!("backfill-{i}");
+    message_of("backfill", i, ops, records, issued_at)
+}
+
+/// [`message`] with write ids `<run>-<i>`.
+pub fn message_of(
+    run: &str,
+    i: usize,
+    ops: usize,
+    records: usize,
+    issued_at: Timestamp,
+) -> Outgoing {
+    let write_id = format!("{run}-{i}");
     let mut body = String::with_capacity(ops * 150 + 128);
     let _ = write!(
         body,

@@ -30,8 +30,14 @@ pub struct HttpRun {
 pub const BARE_WARP: &str = "bare warp, fixed body";
 /// nginx serving the hot record as a static file.
 pub const NGINX: &str = "nginx, static file";
-/// The gateway answering one hot key from its cache.
-pub const GATEWAY_HOT: &str = "gateway, cache hits (one hot key)";
+/// The gateway answering one hot key from its cache, request logs off.
+pub const GATEWAY_HOT: &str = "gateway, cache hits (one hot key), logs off";
+/// The same gateway as `infra/local/up` runs it: every request logged, to a file.
+pub const GATEWAY_HOT_LOGGED: &str =
+    "gateway, cache hits, as infra/local/up (every request logged to a file)";
+/// The same as the production overlay runs it: info, 10% of requests logged.
+pub const GATEWAY_HOT_SAMPLED: &str =
+    "gateway, cache hits, as the production overlay (10% of requests logged)";
 /// The gateway on uniformly random keys with its cache on.
 pub const GATEWAY_RANDOM: &str = "gateway, random keys (cache on)";
 /// The gateway with its cache off.
@@ -108,6 +114,29 @@ async fn measure(
     let bare_port = free_port()?;
     let _gateway = start_gateway(target, scratch, gateway_port, 1_000_000)?;
     let _uncached = start_gateway(target, scratch, uncached_port, 0)?;
+    // Each way the gateway can log gets a row, so a logging cost can't hide.
+    let logs = tempfile_dir()?;
+    let (logged_port, sampled_port) = (free_port()?, free_port()?);
+    let _logged = start_gateway_logging(
+        target,
+        scratch,
+        logged_port,
+        &logs.join("local.log"),
+        &[
+            ("ADDONREG_LOG", "info".into()),
+            ("ADDONREG_REQUEST_LOG_SAMPLE", "1.0".into()),
+        ],
+    )?;
+    let _sampled = start_gateway_logging(
+        target,
+        scratch,
+        sampled_port,
+        &logs.join("production.log"),
+        &[
+            ("ADDONREG_LOG", "info,sqlx=warn".into()),
+            ("ADDONREG_REQUEST_LOG_SAMPLE", "0.1".into()),
+        ],
+    )?;
     let me = std::env::current_exe().map_err(|e| BenchError::Process("loadtest".into(), e))?;
     let _bare = start(
         &me,
@@ -127,24 +156,32 @@ async fn measure(
     };
     wait_listening(gateway_port).await?;
     wait_listening(uncached_port).await?;
+    wait_listening(logged_port).await?;
+    wait_listening(sampled_port).await?;
     wait_listening(bare_port).await?;
 
     let hot = format!("/v1/addons/addon1@bench/hashes/{}", hash_hex(1));
     let mut runs = Vec::new();
     // The machine's speed drifts between runs: alternate, keep the medians.
     let (mut bare, mut static_file, mut gateway_hot) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut logged, mut sampled) = (Vec::new(), Vec::new());
     for _ in 0..bench.rounds {
         bare.push(wrk(BARE_WARP, bare_port, &hot, None, bench).await?);
         if nginx.is_some() {
             static_file.push(wrk(NGINX, nginx_port, &hot, None, bench).await?);
         }
         gateway_hot.push(wrk(GATEWAY_HOT, gateway_port, &hot, None, bench).await?);
+        logged.push(wrk(GATEWAY_HOT_LOGGED, logged_port, &hot, None, bench).await?);
+        sampled.push(wrk(GATEWAY_HOT_SAMPLED, sampled_port, &hot, None, bench).await?);
     }
     runs.push(median(bare));
     if !static_file.is_empty() {
         runs.push(median(static_file));
     }
     runs.push(median(gateway_hot));
+    runs.push(median(logged));
+    runs.push(median(sampled));
+    let _ = std::fs::remove_dir_all(&logs);
     let random = random_keys_script(bench.records)?;
     runs.push(wrk(GATEWAY_RANDOM, gateway_port, "/", Some(&random), bench).await?);
     runs.push(wrk(GATEWAY_UNCACHED, uncached_port, "/", Some(&random), bench).await?);
@@ -202,6 +239,40 @@ pub fn start_gateway_with(
     ];
     env.extend(extra.iter().cloned());
     start(&target.bin_dir.join("api-gateway"), &[], &env)
+}
+
+/// A scratch directory for the logging gateways' log files.
+fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!("addonreg-read-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Process("log directory".into(), e))?;
+    Ok(dir)
+}
+
+/// A cached gateway whose stdout (its MozLog lines) goes to `log`, with
+/// `logging` settings, as a deployment runs it.
+fn start_gateway_logging(
+    target: &Target,
+    scratch: &Scratch,
+    port: u16,
+    log: &Path,
+    logging: &[(&str, String)],
+) -> Result<Child, BenchError> {
+    let mut env = vec![
+        ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
+        ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
+        ("ADDONREG_METRICS_LISTEN", "0".into()),
+        ("ADDONREG_PREFIX", scratch.prefix.to_string()),
+    ];
+    env.extend(logging.iter().cloned());
+    let file = std::fs::File::create(log)
+        .map_err(|e| BenchError::Process(log.display().to_string(), e))?;
+    let mut cmd = Command::new(target.bin_dir.join("api-gateway"));
+    cmd.env_clear().stdout(file).kill_on_drop(true);
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+        .map_err(|e| BenchError::Process("api-gateway".into(), e))
 }
 
 /// The run with the median requests/s (the upper one of an even count).

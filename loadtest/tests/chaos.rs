@@ -1,5 +1,6 @@
 //! `loadtest chaos` at smoke size, through the library: a worker killed
-//! mid-batch, a broker restart, a primary outage and poison, each for 3 s
+//! mid-batch, a broker restart, a primary outage, poison, and a backfill of
+//! historic writes while the replica's replay is paused, each for 3 s
 //! under low steady load, on a stack of the run's own with debug binaries.
 //! Nothing may be lost, applied twice or misfiled, and reads must recover.
 
@@ -18,10 +19,13 @@ async fn faults_lose_nothing_apply_nothing_twice_and_reads_recover() {
             Scenario::BrokerRestart,
             Scenario::PrimaryStop,
             Scenario::Poison,
+            Scenario::BackfillLagging,
         ],
         fault: Duration::from_secs(3),
         lead: Duration::from_secs(1),
         soak: Duration::from_secs(10),
+        long_pause: Duration::from_secs(3),
+        backfill_records: 2_000,
         write_rate: 40.0,
         read_rate: 40.0,
         bulk_share: 0.02,
@@ -44,7 +48,7 @@ async fn faults_lose_nothing_apply_nothing_twice_and_reads_recover() {
         .expect("the run completes");
     let table = loadtest::chaos::report::render(&report);
     eprintln!("{table}");
-    assert_eq!(report.scenarios.len(), 4, "{table}");
+    assert_eq!(report.scenarios.len(), 5, "{table}");
     for row in &report.scenarios {
         assert_eq!(row.error, None, "{table}");
         let c = &row.counts;
@@ -68,6 +72,7 @@ async fn faults_lose_nothing_apply_nothing_twice_and_reads_recover() {
             row.scenario
         );
         assert!(row.unexpected_exits.is_empty(), "{}\n{table}", row.scenario);
+        assert!(!row.broken(), "{}\n{table}", row.scenario);
     }
     let poison = &report.scenarios[3].counts;
     assert_eq!(poison.poison_sent, 200, "{table}");

@@ -203,7 +203,9 @@ fn bench_runs_every_step_and_writes_the_three_kinds_of_report() {
         [
             "bare warp, fixed body",
             "nginx, static file",
-            "gateway, cache hits (one hot key)",
+            "gateway, cache hits (one hot key), logs off",
+            "gateway, cache hits, as infra/local/up (every request logged to a file)",
+            "gateway, cache hits, as the production overlay (10% of requests logged)",
             "gateway, random keys (cache on)",
             "gateway, cache off, random keys"
         ]

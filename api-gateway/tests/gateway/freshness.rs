@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use harness::{TestBroker, TestCluster, TestDb};
+use harness::{ProxyMode, TcpProxy, TestBroker, TestCluster, TestDb};
 use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::helpers::{
-    Amo, Gateway, ProxyMode, SeedRecord, TcpProxy, eventually, get_json, insert_records, metric,
-    register, start_gateway, start_gateway_with, start_worker, wait_subscribed,
+    Amo, Gateway, SeedRecord, eventually, get_json, insert_records, metric, register,
+    start_gateway, start_gateway_with, start_worker, wait_subscribed,
 };
 
 const ADDON: &str = "fresh@example.com";

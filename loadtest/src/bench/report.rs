@@ -229,28 +229,34 @@ impl Report {
                 met: value >= goal,
             });
         };
-        let hot = self.read(reads::GATEWAY_HOT);
-        if let (Some(hot), Some(bare)) = (hot, self.read(reads::BARE_WARP)) {
-            at_least(
-                "cache-hit lookups ≥ 0.9× bare warp req/s",
-                format!("{:.0} vs {:.0} req/s", hot.rps, bare.rps),
-                hot.rps / bare.rps,
-                0.9,
-            );
-            at_least(
-                "cache-hit p99 within 1.2× bare warp's p99",
-                format!("{:.2} vs {:.2} ms", hot.p99_ms, bare.p99_ms),
-                1.2,
-                hot.p99_ms / bare.p99_ms,
-            );
-        }
-        if let (Some(hot), Some(nginx)) = (hot, self.read(reads::NGINX)) {
-            at_least(
-                "cache-hit lookups ≥ 1× nginx static file req/s",
-                format!("{:.0} vs {:.0} req/s", hot.rps, nginx.rps),
-                hot.rps / nginx.rps,
-                1.0,
-            );
+        // The gateway as deployed: with its request logs on.
+        for (row, how) in [
+            (reads::GATEWAY_HOT_LOGGED, "as infra/local/up"),
+            (reads::GATEWAY_HOT_SAMPLED, "as production"),
+        ] {
+            let hot = self.read(row);
+            if let (Some(hot), Some(bare)) = (hot, self.read(reads::BARE_WARP)) {
+                at_least(
+                    &format!("cache-hit lookups {how} ≥ 0.9× bare warp req/s"),
+                    format!("{:.0} vs {:.0} req/s", hot.rps, bare.rps),
+                    hot.rps / bare.rps,
+                    0.9,
+                );
+                at_least(
+                    &format!("cache-hit p99 {how} within 1.2× bare warp's p99"),
+                    format!("{:.2} vs {:.2} ms", hot.p99_ms, bare.p99_ms),
+                    1.2,
+                    hot.p99_ms / bare.p99_ms,
+                );
+            }
+            if let (Some(hot), Some(nginx)) = (hot, self.read(reads::NGINX)) {
+                at_least(
+                    &format!("cache-hit lookups {how} ≥ 1.2× nginx static file req/s"),
+                    format!("{:.0} vs {:.0} req/s", hot.rps, nginx.rps),
+                    hot.rps / nginx.rps,
+                    1.2,
+                );
+            }
         }
         if let (Some(off), Some(pg)) = (self.read(reads::GATEWAY_UNCACHED), self.pgbench_tps) {
             at_least(

@@ -43,6 +43,8 @@ const SAMPLE_LIMIT: Duration = Duration::from_secs(5);
 const KILL_BURST: usize = 40;
 /// How often the soak samples.
 const SOAK_EVERY: Duration = Duration::from_secs(5);
+/// Pause between rounds of freshness samples during a long fault.
+const DURING_EVERY: Duration = Duration::from_secs(15);
 
 /// What one scenario measured and found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -83,6 +85,18 @@ pub struct ScenarioResult {
     pub freshness_samples: usize,
     /// Samples never served within 5 s.
     pub freshness_missed: usize,
+    /// Receipt-to-served delays sampled while the fault lasted, p99 ms.
+    pub during_p99_ms: Option<f64>,
+    /// The same, max ms.
+    pub during_max_ms: Option<f64>,
+    /// Samples taken while the fault lasted.
+    pub during_samples: usize,
+    /// Of which never served within 5 s.
+    pub during_missed: usize,
+    /// Whether the freshness promise must hold while the fault lasts (a
+    /// lagging replica: yes; a silent partition, which only heartbeats
+    /// tell: measured, not promised).
+    pub promised_during: bool,
     /// Whether every confirmed write had its receipt within the bound.
     pub receipts_complete: bool,
     /// Gateways or workers that exited without being killed.
@@ -105,7 +119,9 @@ impl ScenarioResult {
 
     /// Whether this row fails the run.
     pub fn broken(&self) -> bool {
-        self.counts.broken() || self.error.is_some()
+        self.counts.broken()
+            || self.error.is_some()
+            || (self.promised_during && self.during_missed > 0)
     }
 }
 
@@ -159,6 +175,63 @@ struct Ctx<'a> {
     notes: Vec<String>,
     stop: Arc<AtomicBool>,
     deadline: Instant,
+    /// Freshness sampled while the fault lasted.
+    during: Option<During>,
+}
+
+/// Receipt-to-served delays sampled during a fault.
+struct During {
+    delays: Histogram<u64>,
+    missed: usize,
+    samples: usize,
+    promised: bool,
+}
+
+impl During {
+    fn new(promised: bool) -> Result<Self, BenchError> {
+        Ok(Self {
+            delays: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .map_err(|e| BenchError::Check(format!("histogram: {e}")))?,
+            missed: 0,
+            samples: 0,
+            promised,
+        })
+    }
+
+    /// Samples gateway-1 in rounds of `samples` until `until`.
+    async fn sample_until(
+        &mut self,
+        stack: &Stack,
+        probe: &mut Probe,
+        samples: usize,
+        until: Instant,
+    ) -> Result<(), BenchError> {
+        loop {
+            let (delays, missed) =
+                sample_freshness(stack, stack.gateway_addr(0), probe, samples.max(1)).await?;
+            self.delays
+                .add(&delays)
+                .map_err(|e| BenchError::Check(format!("histogram: {e}")))?;
+            self.missed += missed;
+            self.samples += samples.max(1);
+            if Instant::now() >= until {
+                return Ok(());
+            }
+            let pause = until.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(DURING_EVERY)).await;
+        }
+    }
+
+    fn note(&self) -> String {
+        format!(
+            "freshness during the fault: p99 {:.1} ms, max {:.1} ms over {} samples, {} never served within {:?}",
+            self.delays.value_at_quantile(0.99) as f64 / 1000.0,
+            self.delays.max() as f64 / 1000.0,
+            self.samples,
+            self.missed,
+            SAMPLE_LIMIT
+        )
+    }
 }
 
 impl Ctx<'_> {
@@ -342,24 +415,85 @@ async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError
             stack.start_replica().await?;
             Ok(timed(lift))
         }
-        Scenario::ReplicaPause => {
+        Scenario::ReplicaPause | Scenario::ReplicaPauseLong => {
             let start = Instant::now();
+            let hold = match scenario {
+                Scenario::ReplicaPauseLong => ctx.settings.long_pause.max(fault),
+                _ => fault,
+            };
             stack.replay(true).await?;
-            // The freshness promise holds while a replica lags: new writes
-            // are fenced, so the gateway reads them where they are replayed.
+            // The freshness promise holds while a replica lags, however
+            // long: the gateway reads what the replica has not replayed from
+            // a source that has (the primary, listed last).
             let mut probe = Probe::new(
-                "replica-paused",
+                scenario.name(),
                 &stack.amo_url,
                 &stack.topology.writes_exchange,
             );
-            let samples = ctx.settings.freshness_samples;
-            let (delays, missed) =
-                sample_freshness(stack, stack.gateway_addr(0), &mut probe, samples).await?;
-            ctx.notes.push(format!(
-                "freshness while replay was paused: p99 {:.1} ms, max {:.1} ms over {samples} samples, {missed} never served",
-                delays.value_at_quantile(0.99) as f64 / 1000.0,
-                delays.max() as f64 / 1000.0
-            ));
+            let mut during = During::new(true)?;
+            during
+                .sample_until(
+                    stack,
+                    &mut probe,
+                    ctx.settings.freshness_samples,
+                    start + hold,
+                )
+                .await?;
+            ctx.notes.push(during.note());
+            ctx.during = Some(during);
+            tokio::time::sleep_until((start + hold).into()).await;
+            let lift = Instant::now();
+            stack.replay(false).await?;
+            Ok(timed(lift))
+        }
+        Scenario::GatewayBrokerSilent => {
+            let start = Instant::now();
+            stack.freeze_gateway_broker(true);
+            // Until its heartbeats time out, gateway-1 hears no events and
+            // cannot know it: what that costs is measured, not promised.
+            let mut probe = Probe::new(
+                scenario.name(),
+                &stack.amo_url,
+                &stack.topology.writes_exchange,
+            );
+            let mut during = During::new(false)?;
+            during
+                .sample_until(
+                    stack,
+                    &mut probe,
+                    ctx.settings.freshness_samples,
+                    start + fault,
+                )
+                .await?;
+            ctx.notes.push(during.note());
+            ctx.during = Some(during);
+            tokio::time::sleep_until((start + fault).into()).await;
+            let lift = Instant::now();
+            stack.freeze_gateway_broker(false);
+            stack.wait_gateway(0, Duration::from_secs(30)).await?;
+            Ok(timed(lift))
+        }
+        Scenario::BackfillLagging => {
+            let start = Instant::now();
+            stack.replay(true).await?;
+            let applied = backfill(ctx).await?;
+            let mut probe = Probe::new(
+                scenario.name(),
+                &stack.amo_url,
+                &stack.topology.writes_exchange,
+            );
+            let mut during = During::new(true)?;
+            during
+                .sample_until(
+                    stack,
+                    &mut probe,
+                    ctx.settings.freshness_samples,
+                    start + fault,
+                )
+                .await?;
+            ctx.notes.push(applied);
+            ctx.notes.push(during.note());
+            ctx.during = Some(during);
             tokio::time::sleep_until((start + fault).into()).await;
             let lift = Instant::now();
             stack.replay(false).await?;
@@ -427,6 +561,67 @@ fn read_stats(result: &mut ScenarioResult, reads: &Measured) {
     }
 }
 
+/// Publishes `backfill_records` registrations issued over five years (as
+/// AMO's launch-day import) and waits until every one is applied: none may
+/// be superseded for its age.
+async fn backfill(ctx: &mut Ctx<'_>) -> Result<String, BenchError> {
+    const OPS: usize = 1_000;
+    let stack = ctx.stack;
+    let records = ctx.settings.backfill_records.max(1);
+    let messages = records.div_ceil(OPS);
+    let run = format!("backfill{:08x}", ctx.next_seed() as u32);
+    let connection = Connection::connect(&stack.amo_url, ConnectionProperties::default()).await?;
+    let publisher =
+        crate::publish::Publisher::open(&connection, &stack.topology.writes_exchange, None).await?;
+    let started = Instant::now();
+    let deadline = started + ctx.settings.drain_limit;
+    let now = Timestamp::now();
+    publisher
+        .publish_all(
+            (0..messages).map(|i| {
+                crate::backfill::message_of(
+                    &run,
+                    i,
+                    OPS,
+                    records,
+                    crate::backfill::issued_at(now, i, messages),
+                )
+            }),
+            messages as u64,
+            deadline,
+        )
+        .await?;
+    let _ = connection.close(0, "published".into()).await;
+    loop {
+        let (applied, other): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'applied'), count(*) FILTER (WHERE status <> 'applied') \
+             FROM receipts WHERE write_id LIKE $1",
+        )
+        .bind(format!("{run}-%"))
+        .fetch_one(&stack.owner)
+        .await?;
+        if other > 0 {
+            return Err(BenchError::Check(format!(
+                "{other} historic backfill writes were not applied"
+            )));
+        }
+        if applied as usize >= messages {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout(format!(
+                "{applied} of {messages} backfill writes applied within {:?}",
+                ctx.settings.drain_limit
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(format!(
+        "{records} records issued over five years, all applied in {:.1} s with replay paused",
+        started.elapsed().as_secs_f64()
+    ))
+}
+
 /// Runs one fault scenario on the stack.
 pub async fn run(
     stack: &Stack,
@@ -447,9 +642,15 @@ pub async fn run(
         plans: Vec::new(),
         notes: Vec::new(),
         stop: Arc::new(AtomicBool::new(false)),
-        deadline: Instant::now() + lead + fault * 12 + settings.drain_limit,
+        deadline: Instant::now() + lead + fault * 12 + settings.long_pause + settings.drain_limit,
+        during: None,
     };
-    let steady_seconds = (lead + fault + TAIL).as_secs_f64();
+    // Steady writes cover the whole fault, however long it is held.
+    let held = match scenario {
+        Scenario::ReplicaPauseLong => settings.long_pause.max(fault),
+        _ => fault,
+    };
+    let steady_seconds = (lead + held + TAIL).as_secs_f64();
     let seed = ctx.next_seed();
     let steady = plan(
         ((settings.write_rate * steady_seconds) as usize).max(1),
@@ -516,6 +717,15 @@ pub async fn run(
         }
     }
 
+    if let Some(during) = ctx.during.take() {
+        result.during_samples = during.samples;
+        result.during_missed = during.missed;
+        result.promised_during = during.promised;
+        if !during.delays.is_empty() {
+            result.during_p99_ms = Some(during.delays.value_at_quantile(0.99) as f64 / 1000.0);
+            result.during_max_ms = Some(during.delays.max() as f64 / 1000.0);
+        }
+    }
     finish(&mut ctx, &mut result).await?;
     Ok(result)
 }
@@ -617,6 +827,7 @@ pub async fn soak(
         notes: Vec::new(),
         stop: Arc::new(AtomicBool::new(false)),
         deadline: Instant::now() + settings.soak * 2 + settings.drain_limit,
+        during: None,
     };
     let seed = ctx.next_seed();
     let steady = plan(

@@ -45,6 +45,15 @@ pub enum Scenario {
     ReplicaStop,
     /// WAL replay paused on the replica for the fault.
     ReplicaPause,
+    /// WAL replay paused for longer than any window the gateway keeps
+    /// (`--long-pause-seconds`, 3 minutes), freshness sampled throughout.
+    ReplicaPauseLong,
+    /// Gateway-1's broker connection frozen without a FIN: only its
+    /// heartbeats can tell.
+    GatewayBrokerSilent,
+    /// A backfill of historic writes (issued over five years) while the
+    /// replica's replay is paused.
+    BackfillLagging,
     /// Gateway-1 SIGKILLed and restarted while clients keep asking.
     GatewayKill,
     /// Poison messages mixed into the valid stream.
@@ -57,7 +66,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the default order (the soak is not a default).
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::WorkerKill,
         Scenario::AllWorkersKill,
         Scenario::BrokerRestart,
@@ -65,6 +74,9 @@ impl Scenario {
         Scenario::PrimarySlow,
         Scenario::ReplicaStop,
         Scenario::ReplicaPause,
+        Scenario::ReplicaPauseLong,
+        Scenario::GatewayBrokerSilent,
+        Scenario::BackfillLagging,
         Scenario::GatewayKill,
         Scenario::Poison,
         Scenario::Burst,
@@ -81,6 +93,9 @@ impl Scenario {
             Scenario::PrimarySlow => "primary-slow",
             Scenario::ReplicaStop => "replica-stop",
             Scenario::ReplicaPause => "replica-pause",
+            Scenario::ReplicaPauseLong => "replica-pause-long",
+            Scenario::GatewayBrokerSilent => "gateway-broker-silent",
+            Scenario::BackfillLagging => "backfill-lagging",
             Scenario::GatewayKill => "gateway-kill",
             Scenario::Poison => "poison",
             Scenario::Burst => "burst",
@@ -110,7 +125,7 @@ pub struct ChaosArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "worker-kill,all-workers-kill,broker-restart,primary-stop,primary-slow,replica-stop,replica-pause,gateway-kill,poison,burst"
+        default_value = "worker-kill,all-workers-kill,broker-restart,primary-stop,primary-slow,replica-stop,replica-pause,replica-pause-long,gateway-broker-silent,backfill-lagging,gateway-kill,poison,burst"
     )]
     pub scenarios: Vec<Scenario>,
     /// Seconds each fault lasts.
@@ -122,6 +137,12 @@ pub struct ChaosArgs {
     /// Minutes the soak lasts.
     #[arg(long, default_value_t = 10)]
     pub soak_minutes: u64,
+    /// Seconds replica-pause-long holds replay paused (at least the fault).
+    #[arg(long, default_value_t = 180)]
+    pub long_pause_seconds: u64,
+    /// Records in backfill-lagging (1,000-op messages).
+    #[arg(long, default_value_t = 50_000)]
+    pub backfill_records: usize,
     /// Steady writes per second.
     #[arg(long, default_value_t = 300.0)]
     pub write_rate: f64,
@@ -183,6 +204,10 @@ pub struct Settings {
     pub lead: Duration,
     /// The soak's length.
     pub soak: Duration,
+    /// How long replica-pause-long holds replay paused.
+    pub long_pause: Duration,
+    /// Records in backfill-lagging.
+    pub backfill_records: usize,
     /// Steady writes/s.
     pub write_rate: f64,
     /// Steady reads/s.
@@ -224,6 +249,8 @@ impl From<ChaosArgs> for Settings {
             fault: Duration::from_secs(a.fault_seconds),
             lead: Duration::from_secs(a.lead_seconds),
             soak: Duration::from_secs(a.soak_minutes * 60),
+            long_pause: Duration::from_secs(a.long_pause_seconds),
+            backfill_records: a.backfill_records,
             write_rate: a.write_rate,
             read_rate: a.read_rate,
             bulk_share: a.bulk_share,

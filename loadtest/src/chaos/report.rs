@@ -20,17 +20,17 @@ pub fn table(report: &ChaosReport) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| scenario | writes sent | lost | applied twice | valid dead-lettered | reads ok % during fault | read p99 ms during fault | recovery s | freshness p99 after ms | poison missed | records ≠ fold | unexpected exits |"
+        "| scenario | writes sent | lost | applied twice | valid dead-lettered | reads ok % during fault | read p99 ms during fault | recovery s | freshness p99 / max during fault ms | stale during fault | freshness p99 after ms | poison missed | records ≠ fold | unexpected exits |"
     );
     let _ = writeln!(
         t,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in &report.scenarios {
         if let Some(error) = &r.error {
             let _ = writeln!(
                 t,
-                "| {} | failed: {} | | | | | | | | | | |",
+                "| {} | failed: {} | | | | | | | | | | | | |",
                 r.scenario,
                 error.replace('|', "/")
             );
@@ -39,7 +39,7 @@ pub fn table(report: &ChaosReport) -> String {
         let c = &r.counts;
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             c.writes_sent,
             c.lost,
@@ -52,6 +52,16 @@ pub fn table(report: &ChaosReport) -> String {
                 // The soak injects no fault: nothing to recover from.
                 None if r.scenario == "soak" => "-".to_string(),
                 None => "never".to_string(),
+            },
+            match (r.during_p99_ms, r.during_max_ms) {
+                (Some(p99), Some(max)) => format!("{p99:.1} / {max:.1}"),
+                _ => "-".to_string(),
+            },
+            match (r.during_samples, r.promised_during) {
+                (0, _) => "-".to_string(),
+                (_, true) => format!("{} of {}", r.during_missed, r.during_samples),
+                // Measured, not promised: a silent partition.
+                (_, false) => format!("({} of {})", r.during_missed, r.during_samples),
             },
             opt(r.freshness_p99_ms, 1),
             c.poison_missed,

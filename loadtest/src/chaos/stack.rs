@@ -56,6 +56,9 @@ pub struct Stack {
     prefix: Prefix,
     worker_url: String,
     gateway_url: String,
+    /// Gateway-1's way to the broker, so that a fault can freeze it
+    /// silently (no FIN, no RST) while the others stay connected.
+    gateway_proxy: harness::TcpProxy,
     /// AMO's broker URL: it may only publish to `<prefix>.writes`.
     pub amo_url: String,
     bin_dir: PathBuf,
@@ -148,12 +151,14 @@ impl Stack {
             .acquire_timeout(Duration::from_secs(2))
             .connect_with(cluster.admin_options().database(db.name()))
             .await?;
+        let gateway_proxy = harness::TcpProxy::to_amqp(&urls[2]).await;
         let stack = Self {
             owner,
             topology,
             prefix,
             worker_url: urls[1].clone(),
             gateway_url: urls[2].clone(),
+            gateway_proxy,
             amo_url: urls[0].clone(),
             bin_dir: bin_dir.to_path_buf(),
             logs: logs.to_path_buf(),
@@ -216,7 +221,7 @@ impl Stack {
             Kind::Gateway => {
                 let replica = self.replica.port();
                 // The primary last, through the read-only role: a lagging or
-                // paused replica never delays freshness (README "Invalidation").
+                // paused replica never delays freshness (docs/freshness.md).
                 env.push((
                     "ADDONREG_REPLICA_URLS",
                     format!(
@@ -228,7 +233,12 @@ impl Stack {
                     "ADDONREG_DATABASE_URL",
                     format!("postgres://addonreg_gateway@127.0.0.1:{primary}/{db}"),
                 ));
-                env.push(("ADDONREG_AMQP_URL", self.gateway_url.clone()));
+                let amqp = if index == 0 {
+                    self.gateway_proxy.url.clone()
+                } else {
+                    self.gateway_url.clone()
+                };
+                env.push(("ADDONREG_AMQP_URL", amqp));
                 env.push((
                     "ADDONREG_LISTEN",
                     format!("127.0.0.1:{}", self.gateway_ports[index]),
@@ -404,6 +414,16 @@ impl Stack {
         blocking("start the replica", move || r.restart()).await
     }
 
+    /// Freezes gateway-1's broker connection silently (or forwards again):
+    /// a partition that only its heartbeats can tell.
+    pub fn freeze_gateway_broker(&self, frozen: bool) {
+        self.gateway_proxy.set(if frozen {
+            harness::ProxyMode::Freeze
+        } else {
+            harness::ProxyMode::Forward
+        });
+    }
+
     /// Pauses (or resumes) WAL replay on the replica.
     pub async fn replay(&self, paused: bool) -> Result<(), BenchError> {
         let mut conn = PgConnection::connect_with(&self.replica.admin_options()).await?;
@@ -452,6 +472,7 @@ impl Stack {
             }
         }
         let _ = self.replay(false).await;
+        self.freeze_gateway_broker(false);
         match self.reap() {
             Ok(exited) => repaired.extend(exited),
             Err(e) => repaired.push(format!("restart: {e}")),
