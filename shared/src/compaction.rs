@@ -21,7 +21,7 @@ use crate::write::{Action, OpKey};
 /// every rewrite of its history with it; past this many the oldest are
 /// compacted too. Order independence then holds for the newest this many ops
 /// of a pair (a documented limit: `docs/compaction.md`).
-pub const MAX_OPS_KEPT: usize = 1000;
+pub const MAX_OPS_KEPT: usize = 10_000;
 
 /// How far behind its pair's newest op an op may be compacted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -196,7 +196,7 @@ impl Processor<'_> {
             if let Some(reason) = reasons.get(write.write_id.as_str()) {
                 dead.push(DeadLetter {
                     received,
-                    reason: format!("database_refused: {reason}"),
+                    reason: reason.clone(),
                     code: "database_refused",
                 });
             }
@@ -204,13 +204,15 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// write id → reason of those of `ids` with a `rejected` receipt,
-    /// retrying while Postgres fails.
+    /// write id → reason of those of `ids` whose `rejected` receipt is a
+    /// database refusal (bad input stays acknowledged: its receipt is
+    /// final), retrying while Postgres fails.
     async fn rejected_receipts(&self, ids: &[&str]) -> Result<HashMap<String, String>, BatchError> {
         let mut pause = RETRY.0;
         loop {
             let rows: Result<Vec<(String, Option<String>)>, sqlx::Error> = sqlx::query_as(
-                "SELECT write_id, reason FROM receipts WHERE write_id = ANY($1) AND status = 'rejected'",
+                "SELECT write_id, reason FROM receipts WHERE write_id = ANY($1) AND status = 'rejected' \
+                 AND reason LIKE 'database\\_refused:%'",
             )
             .bind(ids)
             .fetch_all(self.pool)
@@ -286,13 +288,16 @@ impl Processor<'_> {
             {
                 Ok(one) => merge(&mut merged, one),
                 Err(reason) => {
+                    // The receipt keeps the dead letter's reason, code first,
+                    // so a redelivery can tell a refusal from bad input.
+                    let reason = format!("database_refused: {reason}");
                     rejected.push(RejectedWrite {
                         write_id: write.write_id.clone(),
                         reason: reason.clone(),
                     });
                     dead.push(DeadLetter {
                         received,
-                        reason: format!("database_refused: {reason}"),
+                        reason,
                         code: "database_refused",
                     });
                 }

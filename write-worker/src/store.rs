@@ -577,7 +577,9 @@ async fn insert_receipts(
     if receipts.is_empty() {
         return Ok(());
     }
-    receipts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // One receipt per id: where a valid write and a bad message share an id
+    // in one batch, the write's outcome wins (the insert keeps the first).
+    receipts.sort_by_key(|r| (r.0, r.1 == ReceiptStatus::Rejected.as_str()));
     let ids: Vec<&str> = receipts.iter().map(|r| r.0).collect();
     let statuses: Vec<&str> = receipts.iter().map(|r| r.1).collect();
     let reasons: Vec<Option<&str>> = receipts.iter().map(|r| r.2).collect();

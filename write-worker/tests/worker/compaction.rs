@@ -172,3 +172,47 @@ async fn batches_writing_the_same_receipts_do_not_deadlock() {
         b.unwrap();
     }
 }
+
+/// A row written by another tool (a seeded table: a record, no ops, no
+/// counts) that then gets only an op older than its head: nothing is kept,
+/// and the row must still be written, not refused (a refusal would
+/// dead-letter a valid write).
+#[tokio::test]
+async fn a_row_without_ops_takes_an_older_op_without_a_refusal() {
+    let db = TestDb::new().await;
+    let pool = db.pool_as("addonreg_worker").await;
+    sqlx::query(
+        "INSERT INTO records (addon_id, sha256, status, version, registered_at, updated_at, \
+                              last_write_id, last_op_index, ops) \
+         VALUES ('a@x', decode($1, 'hex'), 'registered', '1.0', now() - interval '1 day', \
+                 now() - interval '1 day', 'seed', 0, '[]')",
+    )
+    .bind(hash(1))
+    .execute(&db.owner)
+    .await
+    .unwrap();
+    let older = parse(write(
+        "older",
+        &ago(days(30)),
+        json!([{"op": "revoke", "addon_id": "a@x", "sha256": hash(1)}]),
+    ));
+    let committed = store::commit(&pool, Retention::DEFAULT, &[older], &[])
+        .await
+        .expect("a valid write is never refused");
+    assert_eq!(status(&committed, "older"), "superseded");
+    let newer = parse(write(
+        "newer",
+        &ago(Duration::from_secs(1)),
+        json!([{"op": "revoke", "addon_id": "a@x", "sha256": hash(1)}]),
+    ));
+    let committed = store::commit(&pool, Retention::DEFAULT, &[newer], &[])
+        .await
+        .unwrap();
+    assert_eq!(status(&committed, "newer"), "applied");
+    let records = stored_records(&db).await;
+    let record = &records[&("a@x".to_string(), hash(1))];
+    assert_eq!(
+        (record.0.as_str(), record.1.as_deref()),
+        ("revoked", Some("1.0"))
+    );
+}
