@@ -196,18 +196,26 @@ impl Fences {
     }
 
     /// Records what source `index` has replayed (`u64::MAX`: a primary);
-    /// replay only moves forward, so a lower figure is ignored. Then drops
-    /// the fences every source has replayed.
+    /// replay only moves forward, so a lower figure is ignored, except from
+    /// a source that was a primary and is now replaying (a failover demoted
+    /// it): its real position replaces "everything". Then drops the fences
+    /// every source has replayed.
     pub fn replayed(&self, index: usize, lsn: u64) {
         let min = {
             let mut replayed = self.replayed.lock().unwrap_or_else(|e| e.into_inner());
             let Some(slot) = replayed.get_mut(index) else {
                 return;
             };
-            *slot = (*slot).max(lsn);
-            replayed.iter().copied().min().unwrap_or(0)
+            *slot = if *slot == u64::MAX {
+                lsn
+            } else {
+                (*slot).max(lsn)
+            };
+            let min = replayed.iter().copied().min().unwrap_or(0);
+            // Stored, not raised: a demoted primary lowers it again.
+            self.min_replayed.store(min, Ordering::SeqCst);
+            min
         };
-        self.min_replayed.fetch_max(min, Ordering::SeqCst);
         self.prune(Lsn(min));
     }
 
@@ -312,6 +320,24 @@ mod tests {
         fences.replayed(0, 20);
         assert!(fences.is_empty());
         assert_eq!(fences.needed_for_addon(&key(2).0), None);
+    }
+
+    #[test]
+    fn a_demoted_primary_counts_at_its_replay_position() {
+        let fences = Fences::new(2, 100);
+        fences.replayed(0, 100);
+        fences.replayed(1, u64::MAX);
+        // A failover makes source 1 a standby that has replayed only 50.
+        fences.replayed(1, 50);
+        fences.fence(&key(1), Lsn(60), 1);
+        fences.replayed(0, 200);
+        assert_eq!(
+            fences.needed_for_key(&key(1)),
+            Some(Lsn(60)),
+            "kept: source 1 has not replayed it"
+        );
+        fences.replayed(1, 60);
+        assert_eq!(fences.needed_for_key(&key(1)), None);
     }
 
     #[test]
