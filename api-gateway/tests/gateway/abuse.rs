@@ -286,16 +286,21 @@ async fn connections_beyond_the_limit_are_refused_and_others_still_served() {
 async fn thousands_of_silent_connections_are_held_then_taken_back() {
     // The default connection limit (10,000); 2,000 connections on each side
     // stay far below this machine's open-files limit (20,000).
-    let (_db, gw) = gateway(&[("ADDONREG_HTTP_HEADER_READ_TIMEOUT_MS", "8000")]).await;
+    // A header timeout well past the time 2,000 accepts take on a loaded
+    // 2-core machine (the whole suite runs beside this test): the flood must
+    // be all open before the first of it times out.
+    let (_db, gw) = gateway(&[("ADDONREG_HTTP_HEADER_READ_TIMEOUT_MS", "20000")]).await;
     let start = Instant::now();
     let mut flood: Vec<TcpStream> = silent_connections(&gw, 2000)
         .await
         .into_iter()
         .map(|s| s.expect("connect under the limit"))
         .collect();
-    eventually(Duration::from_secs(6), "2,000 connections open", || async {
-        metric(&gw, OPEN).await >= 2000.0
-    })
+    eventually(
+        Duration::from_secs(15),
+        "2,000 connections open",
+        || async { metric(&gw, OPEN).await >= 2000.0 },
+    )
     .await;
     // Others are still answered, promptly, on new connections.
     for _ in 0..20 {
@@ -312,13 +317,13 @@ async fn thousands_of_silent_connections_are_held_then_taken_back() {
     let closed = join_all(
         flood
             .iter_mut()
-            .map(|s| closed_within(s, Duration::from_secs(40))),
+            .map(|s| closed_within(s, Duration::from_secs(60))),
     )
     .await;
-    assert!(closed.iter().all(Option::is_some), "all closed within 40 s");
+    assert!(closed.iter().all(Option::is_some), "all closed within 60 s");
     assert!(
-        start.elapsed() >= Duration::from_millis(7500),
-        "closed after {:?}, before the header timeout (8 s)",
+        start.elapsed() >= Duration::from_millis(19_500),
+        "closed after {:?}, before the header timeout (20 s)",
         start.elapsed()
     );
     eventually(Duration::from_secs(10), "none left open", || async {
