@@ -425,22 +425,7 @@ async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError
             // The freshness promise holds while a replica lags, however
             // long: the gateway reads what the replica has not replayed from
             // a source that has (the primary, listed last).
-            let mut probe = Probe::new(
-                scenario.name(),
-                &stack.amo_url,
-                &stack.topology.writes_exchange,
-            );
-            let mut during = During::new(true)?;
-            during
-                .sample_until(
-                    stack,
-                    &mut probe,
-                    ctx.settings.freshness_samples,
-                    start + hold,
-                )
-                .await?;
-            ctx.notes.push(during.note());
-            ctx.during = Some(during);
+            sample_during(ctx, scenario, true, start + hold).await?;
             tokio::time::sleep_until((start + hold).into()).await;
             let lift = Instant::now();
             stack.replay(false).await?;
@@ -451,22 +436,7 @@ async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError
             stack.freeze_gateway_broker(true);
             // Until its heartbeats time out, gateway-1 hears no events and
             // cannot know it: what that costs is measured, not promised.
-            let mut probe = Probe::new(
-                scenario.name(),
-                &stack.amo_url,
-                &stack.topology.writes_exchange,
-            );
-            let mut during = During::new(false)?;
-            during
-                .sample_until(
-                    stack,
-                    &mut probe,
-                    ctx.settings.freshness_samples,
-                    start + fault,
-                )
-                .await?;
-            ctx.notes.push(during.note());
-            ctx.during = Some(during);
+            sample_during(ctx, scenario, false, start + fault).await?;
             tokio::time::sleep_until((start + fault).into()).await;
             let lift = Instant::now();
             stack.freeze_gateway_broker(false);
@@ -477,23 +447,8 @@ async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError
             let start = Instant::now();
             stack.replay(true).await?;
             let applied = backfill(ctx).await?;
-            let mut probe = Probe::new(
-                scenario.name(),
-                &stack.amo_url,
-                &stack.topology.writes_exchange,
-            );
-            let mut during = During::new(true)?;
-            during
-                .sample_until(
-                    stack,
-                    &mut probe,
-                    ctx.settings.freshness_samples,
-                    start + fault,
-                )
-                .await?;
             ctx.notes.push(applied);
-            ctx.notes.push(during.note());
-            ctx.during = Some(during);
+            sample_during(ctx, scenario, true, start + fault).await?;
             tokio::time::sleep_until((start + fault).into()).await;
             let lift = Instant::now();
             stack.replay(false).await?;
@@ -559,6 +514,29 @@ fn read_stats(result: &mut ScenarioResult, reads: &Measured) {
     if reads.requests > 0 {
         result.read_p99_ms = Some(reads.percentile_ms(0.99));
     }
+}
+
+/// Samples gateway-1's freshness with probe writes until `until`, into the
+/// scenario's row (`promised`: whether a stale sample fails it).
+async fn sample_during(
+    ctx: &mut Ctx<'_>,
+    scenario: Scenario,
+    promised: bool,
+    until: Instant,
+) -> Result<(), BenchError> {
+    let stack = ctx.stack;
+    let mut probe = Probe::new(
+        scenario.name(),
+        &stack.amo_url,
+        &stack.topology.writes_exchange,
+    );
+    let mut during = During::new(promised)?;
+    during
+        .sample_until(stack, &mut probe, ctx.settings.freshness_samples, until)
+        .await?;
+    ctx.notes.push(during.note());
+    ctx.during = Some(during);
+    Ok(())
 }
 
 /// Publishes `backfill_records` registrations issued over five years (as
