@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use harness::{ProxyMode, TcpProxy, TestBroker, TestCluster, TestDb};
+use harness::{ProxyMode, TcpProxy, TestBroker, TestDb};
 use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::helpers::{
-    Amo, Gateway, SeedRecord, eventually, get_json, insert_records, metric, register,
+    Amo, Gateway, ReplicaStack, SeedRecord, eventually, get_json, insert_records, metric, register,
     start_gateway, start_gateway_with, start_worker, wait_subscribed,
 };
 
@@ -107,17 +107,17 @@ async fn a_register_evicts_a_cached_not_found() {
 /// primary, listed as a second read URL through the same read-only role.
 #[tokio::test]
 async fn a_paused_replica_does_not_bring_the_old_value_back() {
-    let cluster = TestCluster::start().await;
-    let db = TestDb::on(cluster.admin_options()).await;
-    let replica = cluster.start_replica().await;
-    let replica_url = format!(
-        "postgres://addonreg_gateway@127.0.0.1:{}/{}",
-        replica.port(),
-        db.name()
-    );
-    let broker = TestBroker::new();
-    let amo = Amo::connect(&broker).await;
-    let mut worker = start_worker(db.url_as("addonreg_worker"), &broker);
+    let mut stack = ReplicaStack::start().await;
+    let replica_url = stack.replica_url();
+    let ReplicaStack {
+        cluster,
+        db,
+        replica,
+        broker,
+        amo,
+        worker,
+        ..
+    } = &mut stack;
     let gw = start_gateway(
         &[replica_url, db.url_as("addonreg_gateway")],
         broker.prefix.as_str(),
@@ -126,14 +126,14 @@ async fn a_paused_replica_does_not_bring_the_old_value_back() {
     wait_subscribed(&gw).await;
     let primary = db.pool_as("addonreg_gateway").await;
 
-    let id = register(&amo, ADDON, &sha(3), "1.0").await;
+    let id = register(amo, ADDON, &sha(3), "1.0").await;
     receipt(&primary, &id).await;
-    replica.catch_up_with(&cluster).await;
+    replica.catch_up_with(cluster).await;
     serves(&gw, &sha(3), Some("1.0"), PROMISE).await;
     cached(&gw, &sha(3)).await;
 
     replica.pause_replay().await;
-    let id = register(&amo, ADDON, &sha(3), "2.0").await;
+    let id = register(amo, ADDON, &sha(3), "2.0").await;
     receipt(&primary, &id).await;
     serves(&gw, &sha(3), Some("2.0"), PROMISE).await;
     // The lag shows on the metrics: the paused replica is behind the newest
@@ -245,17 +245,17 @@ async fn serves_new_everywhere(
 /// serves. The lag stays on the metrics however long it lasts.
 #[tokio::test]
 async fn lag_longer_than_every_window_never_serves_the_old_value() {
-    let cluster = TestCluster::start().await;
-    let db = TestDb::on(cluster.admin_options()).await;
-    let replica = cluster.start_replica().await;
-    let replica_url = format!(
-        "postgres://addonreg_gateway@127.0.0.1:{}/{}",
-        replica.port(),
-        db.name()
-    );
-    let broker = TestBroker::new();
-    let amo = Amo::connect(&broker).await;
-    let mut worker = start_worker(db.url_as("addonreg_worker"), &broker);
+    let mut stack = ReplicaStack::start().await;
+    let replica_url = stack.replica_url();
+    let ReplicaStack {
+        cluster,
+        db,
+        replica,
+        broker,
+        amo,
+        worker,
+        ..
+    } = &mut stack;
     // Entries live a second, so that reads keep going to the sources.
     let gw = start_gateway_with(
         &[replica_url, db.url_as("addonreg_gateway")],
@@ -269,13 +269,13 @@ async fn lag_longer_than_every_window_never_serves_the_old_value() {
     wait_subscribed(&gw).await;
     let primary = db.pool_as("addonreg_gateway").await;
 
-    let id = register(&amo, ADDON, &sha(7), "1.0").await;
+    let id = register(amo, ADDON, &sha(7), "1.0").await;
     receipt(&primary, &id).await;
-    replica.catch_up_with(&cluster).await;
+    replica.catch_up_with(cluster).await;
     serves(&gw, &sha(7), Some("1.0"), PROMISE).await;
 
     replica.pause_replay().await;
-    let id = register(&amo, ADDON, &sha(7), "2.0").await;
+    let id = register(amo, ADDON, &sha(7), "2.0").await;
     receipt(&primary, &id).await;
     serves(&gw, &sha(7), Some("2.0"), PROMISE).await;
     // Past the entries' lifetime, every poll of the fenced reads, the
@@ -291,7 +291,7 @@ async fn lag_longer_than_every_window_never_serves_the_old_value() {
         "the paused replica's lag shows"
     );
     replica.resume_replay().await;
-    replica.catch_up_with(&cluster).await;
+    replica.catch_up_with(cluster).await;
     serves_new_everywhere(&gw, &sha(7), &id, "2.0", false).await;
     worker.terminate();
 }
@@ -301,29 +301,29 @@ async fn lag_longer_than_every_window_never_serves_the_old_value() {
 /// replay resumes.
 #[tokio::test]
 async fn with_only_a_paused_replica_the_old_value_is_never_served() {
-    let cluster = TestCluster::start().await;
-    let db = TestDb::on(cluster.admin_options()).await;
-    let replica = cluster.start_replica().await;
-    let replica_url = format!(
-        "postgres://addonreg_gateway@127.0.0.1:{}/{}",
-        replica.port(),
-        db.name()
-    );
-    let broker = TestBroker::new();
-    let amo = Amo::connect(&broker).await;
-    let mut worker = start_worker(db.url_as("addonreg_worker"), &broker);
+    let mut stack = ReplicaStack::start().await;
+    let replica_url = stack.replica_url();
+    let ReplicaStack {
+        cluster,
+        db,
+        replica,
+        broker,
+        amo,
+        worker,
+        ..
+    } = &mut stack;
     let gw = start_gateway(&[replica_url], broker.prefix.as_str()).await;
     wait_subscribed(&gw).await;
     let primary = db.pool_as("addonreg_gateway").await;
 
-    let id = register(&amo, ADDON, &sha(4), "1.0").await;
+    let id = register(amo, ADDON, &sha(4), "1.0").await;
     receipt(&primary, &id).await;
-    replica.catch_up_with(&cluster).await;
+    replica.catch_up_with(cluster).await;
     serves(&gw, &sha(4), Some("1.0"), PROMISE).await;
     cached(&gw, &sha(4)).await;
 
     replica.pause_replay().await;
-    let id = register(&amo, ADDON, &sha(4), "2.0").await;
+    let id = register(amo, ADDON, &sha(4), "2.0").await;
     receipt(&primary, &id).await;
     eventually(PROMISE, "the old value evicted", || async {
         get_json(&record_url(&gw, &sha(4))).await.0 == 503
@@ -342,18 +342,18 @@ async fn with_only_a_paused_replica_the_old_value_is_never_served() {
 /// the primary's position at that moment) serves nothing, the primary does.
 #[tokio::test]
 async fn after_a_resubscribe_a_replica_behind_the_primary_serves_nothing() {
-    let cluster = TestCluster::start().await;
-    let db = TestDb::on(cluster.admin_options()).await;
-    let replica = cluster.start_replica().await;
-    let replica_url = format!(
-        "postgres://addonreg_gateway@127.0.0.1:{}/{}",
-        replica.port(),
-        db.name()
-    );
-    let broker = TestBroker::new();
-    let amo = Amo::connect(&broker).await;
-    let mut worker = start_worker(db.url_as("addonreg_worker"), &broker);
-    let proxy = TcpProxy::to_broker(&broker).await;
+    let mut stack = ReplicaStack::start().await;
+    let replica_url = stack.replica_url();
+    let ReplicaStack {
+        cluster,
+        db,
+        replica,
+        broker,
+        amo,
+        worker,
+        ..
+    } = &mut stack;
+    let proxy = TcpProxy::to_broker(broker).await;
     let gw = start_gateway_with(
         &[replica_url, db.url_as("addonreg_gateway")],
         broker.prefix.as_str(),
@@ -363,9 +363,9 @@ async fn after_a_resubscribe_a_replica_behind_the_primary_serves_nothing() {
     wait_subscribed(&gw).await;
     let primary = db.pool_as("addonreg_gateway").await;
 
-    let id = register(&amo, ADDON, &sha(8), "1.0").await;
+    let id = register(amo, ADDON, &sha(8), "1.0").await;
     receipt(&primary, &id).await;
-    replica.catch_up_with(&cluster).await;
+    replica.catch_up_with(cluster).await;
     serves(&gw, &sha(8), Some("1.0"), PROMISE).await;
 
     // The write happens while the gateway's broker connection is down:
@@ -377,7 +377,7 @@ async fn after_a_resubscribe_a_replica_behind_the_primary_serves_nothing() {
         get_json(&heartbeat).await.1["checks"]["broker"] != "ok"
     })
     .await;
-    let id = register(&amo, ADDON, &sha(8), "2.0").await;
+    let id = register(amo, ADDON, &sha(8), "2.0").await;
     receipt(&primary, &id).await;
     proxy.set(ProxyMode::Forward);
     wait_subscribed(&gw).await;

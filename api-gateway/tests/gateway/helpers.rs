@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use harness::{TestProcess, free_port, wait_for_http};
+use harness::{
+    TestBroker, TestCluster, TestDb, TestProcess, TestReplica, free_port, wait_for_http,
+};
 
 /// A real `api-gateway` process and its two addresses.
 pub struct Gateway {
@@ -222,4 +224,52 @@ pub async fn wait_subscribed(gateway: &Gateway) {
         get_json(&url).await.1["checks"]["broker"] == "ok"
     })
     .await;
+}
+
+/// What the replica-lag tests stand on: a Postgres primary of the test's own
+/// with one streaming replica, a migrated database on it, a broker prefix,
+/// AMO's publisher and a real worker. Fields drop in order: the worker
+/// first, the cluster last.
+pub struct ReplicaStack {
+    /// A real `write-worker` on the primary.
+    pub worker: TestProcess,
+    /// Publishes as AMO does.
+    pub amo: Amo,
+    /// The test's broker prefix.
+    pub broker: TestBroker,
+    /// The streaming replica, whose replay the test may pause.
+    pub replica: TestReplica,
+    /// The database, on the primary.
+    pub db: TestDb,
+    /// The primary.
+    pub cluster: TestCluster,
+}
+
+impl ReplicaStack {
+    /// Starts it all.
+    pub async fn start() -> Self {
+        let cluster = TestCluster::start().await;
+        let db = TestDb::on(cluster.admin_options()).await;
+        let replica = cluster.start_replica().await;
+        let broker = TestBroker::new();
+        let amo = Amo::connect(&broker).await;
+        let worker = start_worker(db.url_as("addonreg_worker"), &broker);
+        Self {
+            worker,
+            amo,
+            broker,
+            replica,
+            db,
+            cluster,
+        }
+    }
+
+    /// The replica's URL for the gateway's read-only role.
+    pub fn replica_url(&self) -> String {
+        format!(
+            "postgres://addonreg_gateway@127.0.0.1:{}/{}",
+            self.replica.port(),
+            self.db.name()
+        )
+    }
 }

@@ -16,16 +16,13 @@ use std::time::{Duration, Instant};
 
 use harness::broker::close_broker_connections;
 use harness::model::{DEFAULT_SEED, env_or, plan};
-use harness::{TestBroker, TestCluster, TestDb};
 use serde_json::{Value, json};
 
 use shared::compaction::{PairHistory, Retention};
 use shared::record::RecordState;
 use shared::write::{Pair, WriteMessage};
 
-use crate::helpers::{
-    Amo, Gateway, eventually, get_json, start_gateway, start_worker, wait_subscribed,
-};
+use crate::helpers::{Gateway, ReplicaStack, eventually, get_json, start_gateway, wait_subscribed};
 
 const PROMISE: Duration = Duration::from_secs(1);
 /// Longer than every window the gateway keeps: entries' disconnected
@@ -144,17 +141,16 @@ async fn every_read_endpoint_follows_the_model_through_long_lag_and_reconnects()
         .map(|w| (w.write_id.as_str(), w))
         .collect();
 
-    let cluster = TestCluster::start().await;
-    let db = TestDb::on(cluster.admin_options()).await;
-    let replica = cluster.start_replica().await;
-    let replica_url = format!(
-        "postgres://addonreg_gateway@127.0.0.1:{}/{}",
-        replica.port(),
-        db.name()
-    );
-    let broker = TestBroker::new();
-    let amo = Amo::connect(&broker).await;
-    let mut worker = start_worker(db.url_as("addonreg_worker"), &broker);
+    let mut stack = ReplicaStack::start().await;
+    let replica_url = stack.replica_url();
+    let ReplicaStack {
+        db,
+        replica,
+        broker,
+        amo,
+        worker,
+        ..
+    } = &mut stack;
     // As every shipped deployment: the replica first, the primary last.
     let gw = start_gateway(
         &[replica_url, db.url_as("addonreg_gateway")],
