@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::BenchError;
 use crate::env::{Scratch, Target};
-use crate::reads::{free_port, seed, start_gateway_with, wait_listening};
-use crate::traffic::{self, Shape};
+use crate::read_bench::{free_port, seed, start_gateway_with, wait_listening};
+use crate::reads::{self, Shape};
 
 /// A memory bound (8 GiB) that no sweep reaches (~3.6 KB an entry).
 fn memory_to_spare() -> (&'static str, String) {
@@ -88,9 +88,9 @@ async fn measure(
             duration: Duration::from_secs(3),
             ..shape
         };
-        traffic::drive(gateway.addr, warm, 7).await?;
+        reads::drive(gateway.addr, warm, 7).await?;
         let before = gateway.metrics().await?;
-        let measured = traffic::drive(gateway.addr, shape, 11).await?;
+        let measured = reads::drive(gateway.addr, shape, 11).await?;
         let after = gateway.metrics().await?;
         let hits = after.hits.saturating_sub(before.hits) as f64;
         let misses = after.misses.saturating_sub(before.misses) as f64;
@@ -180,7 +180,7 @@ impl Gateway {
 
     /// One unlabelled metric of the gateway's.
     async fn value(&self, name: &str) -> Result<u64, BenchError> {
-        let (_, body) = traffic::request(self.metrics, "/metrics", None).await?;
+        let (_, body) = reads::request(self.metrics, "/metrics", None).await?;
         String::from_utf8_lossy(&body)
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -193,7 +193,7 @@ impl Gateway {
     async fn fill(&self, records: u64) -> Result<CacheMemory, BenchError> {
         let rss_before_bytes = self.rss()?;
         let started = Instant::now();
-        traffic::fill(self.addr, records, 32).await?;
+        reads::fill(self.addr, records, 32).await?;
         let fill_seconds = started.elapsed().as_secs_f64();
         // The gauge is refreshed every second and moka counts lazily: wait
         // until two readings agree (at most 10 s).

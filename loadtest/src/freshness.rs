@@ -22,8 +22,8 @@ use shared::topology::WRITE_ROUTING_KEY;
 
 use crate::BenchError;
 use crate::env::{Scratch, Target};
-use crate::reads::{seeded_addon, seeded_hash};
-use crate::traffic::{self, Shape};
+use crate::read_bench::{seeded_addon, seeded_hash};
+use crate::reads::{self, Shape};
 
 /// The seeded keys the samples rewrite: the most popular ones, which the
 /// gateway is sure to have cached.
@@ -51,7 +51,7 @@ pub struct Freshness {
     /// Samples whose new value never showed within [`SAMPLE_LIMIT`].
     pub stale: usize,
     /// The background reads.
-    pub reads: traffic::Measured,
+    pub reads: reads::Measured,
 }
 
 impl Freshness {
@@ -75,11 +75,11 @@ async fn measure(
     scratch: &Scratch,
     run: FreshnessRun,
 ) -> Result<Freshness, BenchError> {
-    crate::reads::seed(&scratch.pool, run.records).await?;
+    crate::read_bench::seed(&scratch.pool, run.records).await?;
     let _worker = scratch.start_worker(target, &["run".to_string()])?;
-    let port = crate::reads::free_port()?;
-    let _gateway = crate::reads::start_gateway(target, scratch, port, 1_000_000)?;
-    crate::reads::wait_listening(port).await?;
+    let port = crate::read_bench::free_port()?;
+    let _gateway = crate::read_bench::start_gateway(target, scratch, port, 1_000_000)?;
+    crate::read_bench::wait_listening(port).await?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // Give the gateway its subscription before the first sample.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -89,12 +89,7 @@ async fn measure(
         ..run.reads
     };
     let stop_reads = Arc::new(AtomicBool::new(false));
-    let background = tokio::spawn(traffic::drive_until(
-        addr,
-        reads,
-        0xf2e5,
-        stop_reads.clone(),
-    ));
+    let background = tokio::spawn(reads::drive_until(addr, reads, 0xf2e5, stop_reads.clone()));
 
     let client = probe::Client::default();
     let mut delay_us = Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -210,7 +205,7 @@ mod probe {
     use serde_json::Value;
     use tokio::sync::Mutex;
 
-    use crate::reads::{seeded_addon, seeded_hash};
+    use crate::read_bench::{seeded_addon, seeded_hash};
 
     type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 

@@ -5,11 +5,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use loadtest::backfill::{self, Backfill};
-use loadtest::check::{self, Bounds};
 use loadtest::env::{Target, require_loopback};
 use loadtest::mix::{MixSettings, Plan};
-use loadtest::writes::{self, Scenario};
-use loadtest::{BenchError, baseline, bench, reads, report};
+use loadtest::write_bench::{self, Scenario};
+use loadtest::writes::{self, Bounds};
+use loadtest::{BenchError, baseline, bench, read_bench, report};
 use shared::domain::Timestamp;
 use shared::settings::Prefix;
 
@@ -275,7 +275,7 @@ struct FreshnessArgs {
 
 async fn freshness(args: FreshnessArgs) -> Result<(), loadtest::BenchError> {
     let target = args.target.target();
-    let reads = loadtest::traffic::Shape {
+    let reads = loadtest::reads::Shape {
         connections: args.connections.max(1),
         duration: Duration::from_secs(600),
         max_requests: u64::MAX,
@@ -309,7 +309,7 @@ async fn freshness(args: FreshnessArgs) -> Result<(), loadtest::BenchError> {
 
 async fn reads_check(args: ReadsArgs) -> Result<(), loadtest::BenchError> {
     let target = args.target.target();
-    let shape = loadtest::traffic::Shape {
+    let shape = loadtest::reads::Shape {
         connections: args.connections.max(1),
         duration: Duration::from_secs(args.seconds),
         max_requests: args.max_requests,
@@ -321,14 +321,14 @@ async fn reads_check(args: ReadsArgs) -> Result<(), loadtest::BenchError> {
         listing_share: args.listing_share,
         rewritten: 0,
     };
-    let run = loadtest::traffic::ReadsRun {
+    let run = loadtest::reads::ReadsRun {
         shape,
         open_loop_shares: &[0.25, 0.5, 0.75, 0.9],
         cache_entries: args.cache_entries,
         seed: 0x5eed,
         answered: Default::default(),
     };
-    let runs = loadtest::traffic::run(&target, run).await?;
+    let runs = loadtest::reads::run(&target, run).await?;
     report::print_traffic(&runs);
     let wrong: u64 = runs.iter().map(|r| r.wrong + r.failed).sum();
     if wrong > 0 {
@@ -353,7 +353,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench(args).await,
         Command::Chaos(args) => loadtest::chaos::command(args).await,
         Command::BareWarp { listen } => {
-            reads::serve_bare_warp(listen).await;
+            read_bench::serve_bare_warp(listen).await;
             Ok(())
         }
     };
@@ -408,13 +408,13 @@ async fn bench(args: BenchArgs) -> Result<(), BenchError> {
 
 async fn read_bench(args: ReadBenchArgs) -> Result<(), loadtest::BenchError> {
     let target = args.target.target();
-    let bench = reads::ReadBench {
+    let bench = read_bench::ReadBench {
         records: args.records,
         connections: args.connections,
         seconds: args.seconds,
         rounds: args.rounds.max(1),
     };
-    let (runs, pgbench) = reads::run(&target, bench).await?;
+    let (runs, pgbench) = read_bench::run(&target, bench).await?;
     report::print_reads(&runs, pgbench);
     Ok(())
 }
@@ -437,7 +437,7 @@ async fn write_bench(args: WriteBench) -> Result<(), loadtest::BenchError> {
                 batch_max_messages: None,
             };
             eprintln!("running {ops_per_message}-op messages x{messages}, {workers} worker(s)");
-            runs.push(writes::run(&target, scenario, limit).await?);
+            runs.push(write_bench::run(&target, scenario, limit).await?);
         }
     }
     report::print_writes(queue, upsert, &runs);
@@ -498,7 +498,7 @@ async fn writes_check(args: WritesArgs) -> Result<(), BenchError> {
             let prefix: Prefix = prefix
                 .parse()
                 .map_err(|e: String| BenchError::Refused(format!("--prefix: {e}")))?;
-            check::run_existing(
+            writes::run_existing(
                 database_url,
                 &args.target.amqp_url,
                 &prefix,
@@ -511,7 +511,7 @@ async fn writes_check(args: WritesArgs) -> Result<(), BenchError> {
         _ => {
             require_loopback("--admin-url", &args.target.admin_url)?;
             let target = args.target.target();
-            check::run_scratch(&target, args.workers, &plan, seed, bounds).await?
+            writes::run_scratch(&target, args.workers, &plan, seed, bounds).await?
         }
     };
     report::print_check(&outcome);

@@ -1,432 +1,638 @@
-//! The read benchmark: the real gateway against a bare warp handler answering
-//! the same record bytes, both driven by wrk (HTTP/1.1 keep-alive) from a
-//! second process, plus pgbench's select-by-primary-key on the same table.
+//! Firefox-shaped read traffic on the gateway, every answer checked.
+//!
+//! N keep-alive HTTP/1.1 connections ask for single records with
+//! Zipf-distributed keys (a share of them unknown: 404), bulk lookups of 100
+//! items and listings, against records seeded by [`crate::reads`]'s scheme,
+//! whose every answer is known in advance. Closed loop (each connection
+//! sends as soon as it has its answer) or open loop at a fixed total rate:
+//! there, latency counts from the *intended* send time, so a stall delays
+//! every request scheduled behind it instead of hiding them (coordinated
+//! omission). Latencies go into an HdrHistogram (µs).
 
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
 
 use crate::BenchError;
-use crate::env::{Scratch, Target};
+use crate::read_bench::{SEEDED_AT, seeded_addon, seeded_hash};
 
-/// What wrk measured against one server.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HttpRun {
-    /// What was measured.
-    pub name: String,
-    /// Requests per second.
-    pub rps: f64,
-    /// Median latency in ms.
-    pub p50_ms: f64,
-    /// 99th percentile latency in ms.
-    pub p99_ms: f64,
-    /// Non-2xx/3xx answers or socket errors.
-    pub errors: u64,
-}
+/// Items in one bulk lookup.
+const BULK_ITEMS: usize = 100;
+/// Highest latency the histogram holds, in µs (longer ones are clamped).
+const MAX_LATENCY_US: u64 = 60_000_000;
 
-/// Row names, which the bench's targets look up.
-pub const BARE_WARP: &str = "bare warp, fixed body";
-/// nginx serving the hot record as a static file.
-pub const NGINX: &str = "nginx, static file";
-/// The gateway answering one hot key from its cache, request logs off.
-pub const GATEWAY_HOT: &str = "gateway, cache hits (one hot key), logs off";
-/// The same gateway as `infra/local/up` runs it: every request logged, to a file.
-pub const GATEWAY_HOT_LOGGED: &str =
-    "gateway, cache hits, as infra/local/up (every request logged to a file)";
-/// The same as the production overlay runs it: info, 10% of requests logged.
-pub const GATEWAY_HOT_SAMPLED: &str =
-    "gateway, cache hits, as the production overlay (10% of requests logged)";
-/// The gateway on uniformly random keys with its cache on.
-pub const GATEWAY_RANDOM: &str = "gateway, random keys (cache on)";
-/// The gateway with its cache off.
-pub const GATEWAY_UNCACHED: &str = "gateway, cache off, random keys";
-
-/// The shape of one read benchmark.
+/// The traffic's shape.
 #[derive(Debug, Clone, Copy)]
-pub struct ReadBench {
-    /// Records seeded.
-    pub records: usize,
-    /// wrk connections.
+pub struct Shape {
+    /// Keep-alive connections.
     pub connections: usize,
-    /// Seconds per wrk run.
-    pub seconds: u64,
-    /// Alternated rounds of the bare warp and hot-key runs.
-    pub rounds: usize,
+    /// Longest the run lasts.
+    pub duration: Duration,
+    /// Most requests sent in all.
+    pub max_requests: u64,
+    /// Total requests per second (open loop); `None`: as fast as answered.
+    pub rate: Option<f64>,
+    /// Zipf exponent of key popularity (0: uniform; ~1: Firefox-like).
+    pub zipf: f64,
+    /// Seeded records, keys 1..=records.
+    pub records: u64,
+    /// Share of single lookups for keys that were never written (404).
+    pub unknown_share: f64,
+    /// Share of requests that are bulk lookups of [`BULK_ITEMS`].
+    pub bulk_share: f64,
+    /// Share of requests that are listings.
+    pub listing_share: f64,
+    /// Keys 1..=this are being rewritten meanwhile: their `version` and
+    /// `updated_at` may differ from the seed's.
+    pub rewritten: u64,
 }
 
-/// The record every bare-warp answer carries: the same bytes the gateway
-/// answers for the hot key.
-pub fn hot_record_json() -> String {
-    format!(
-        r#"{{"addon_id":"addon1@bench","sha256":"{}","status":"registered","version":"1.0","registered_at":"2026-11-22T10:00:00.000000Z","updated_at":"2026-11-22T10:00:00.000000Z"}}"#,
-        hash_hex(1)
-    )
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Requests answered (right or wrong).
+    pub requests: u64,
+    /// Answers whose status or body was not what was seeded.
+    pub wrong: u64,
+    /// Requests that got no answer (connection errors).
+    pub failed: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Latency in µs, from the intended send time in open loop.
+    pub latency_us: Histogram<u64>,
+    /// The offered rate, if open loop.
+    pub offered: Option<f64>,
+    /// First wrong answer seen, for the report.
+    pub first_wrong: Option<String>,
 }
 
-fn hash_hex(i: u64) -> String {
-    format!("{i:016x}").repeat(4)
+impl Measured {
+    /// Answers per second.
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A latency percentile in ms.
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
 }
 
-/// `registered_at` and `updated_at` of every seeded record, as answered.
-pub const SEEDED_AT: &str = "2026-11-22T10:00:00.000000Z";
-
-/// The add-on of seeded record `i` (1000 add-ons share the records).
-pub fn seeded_addon(i: u64) -> String {
-    format!("addon{}@bench", i % 1000)
+/// Key popularity: the cumulative Zipf weights of keys 1..=n.
+struct Popularity {
+    cdf: Vec<f64>,
 }
 
-/// The digest of seeded record `i`, as 64 hex digits.
-pub fn seeded_hash(i: u64) -> String {
-    hash_hex(i)
+impl Popularity {
+    fn new(n: u64, s: f64) -> Self {
+        let mut total = 0.0;
+        let cdf = (1..=n)
+            .map(|k| {
+                total += 1.0 / (k as f64).powf(s);
+                total
+            })
+            .collect();
+        Self { cdf }
+    }
+
+    /// Key for a uniform draw `u` in [0, 1): the most popular is key 1.
+    fn key(&self, u: f64) -> u64 {
+        let total = self.cdf.last().copied().unwrap_or(1.0);
+        let i = self.cdf.partition_point(|&c| c < u * total);
+        i as u64 + 1
+    }
 }
 
-/// Serves [`hot_record_json`] on every GET until killed: the baseline.
-pub async fn serve_bare_warp(listen: std::net::SocketAddr) {
-    use warp::Filter;
-    let body = hot_record_json();
-    let route = warp::get().map(move || {
-        warp::http::Response::builder()
+/// splitmix64: a fast, seedable generator; a load generator needs speed and
+/// repeatability, not cryptographic quality.
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One request and what its answer must be.
+struct Ask {
+    request: Request<Full<Bytes>>,
+    expect: Expect,
+}
+
+enum Expect {
+    Record(u64),
+    Unknown,
+    Bulk(Vec<Option<u64>>),
+    Listing(u64),
+}
+
+/// The seeded record `i` as the gateway answers it.
+fn record_json(i: u64) -> Value {
+    json!({"addon_id": seeded_addon(i), "sha256": seeded_hash(i), "status": "registered",
+           "version": "1.0", "registered_at": SEEDED_AT, "updated_at": SEEDED_AT})
+}
+
+fn percent_encode(id: &str) -> String {
+    id.replace('@', "%40")
+}
+
+impl Shape {
+    fn ask(&self, popularity: &Popularity, draws: &mut Draws) -> Ask {
+        let u = draws.unit();
+        let builder = Request::builder().header("host", "127.0.0.1");
+        if u < self.bulk_share {
+            let keys: Vec<Option<u64>> = (0..BULK_ITEMS)
+                .map(|_| (draws.unit() >= self.unknown_share).then(|| popularity.key(draws.unit())))
+                .collect();
+            let items: Vec<Value> = keys
+                .iter()
+                .map(|k| match k {
+                    Some(i) => json!({"addon_id": seeded_addon(*i), "sha256": seeded_hash(*i)}),
+                    None => {
+                        json!({"addon_id": "never@written", "sha256": seeded_hash(draws.next())})
+                    }
+                })
+                .collect();
+            let body = json!({ "items": items }).to_string();
+            let request = builder
+                .method("POST")
+                .uri("/v1/lookups")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)));
+            return Ask {
+                request: request.unwrap_or_default(),
+                expect: Expect::Bulk(keys),
+            };
+        }
+        if u < self.bulk_share + self.listing_share {
+            let i = popularity.key(draws.unit());
+            let uri = format!(
+                "/v1/addons/{}/hashes?limit=10",
+                percent_encode(&seeded_addon(i))
+            );
+            return Ask {
+                request: builder.uri(uri).body(Full::default()).unwrap_or_default(),
+                expect: Expect::Listing(i),
+            };
+        }
+        let (uri, expect) = if draws.unit() < self.unknown_share {
+            let hash = format!("{:016x}", draws.next()).repeat(4);
+            (
+                format!("/v1/addons/never%40written/hashes/{hash}"),
+                Expect::Unknown,
+            )
+        } else {
+            let i = popularity.key(draws.unit());
+            (
+                format!(
+                    "/v1/addons/{}/hashes/{}",
+                    percent_encode(&seeded_addon(i)),
+                    seeded_hash(i)
+                ),
+                Expect::Record(i),
+            )
+        };
+        Ask {
+            request: builder.uri(uri).body(Full::default()).unwrap_or_default(),
+            expect,
+        }
+    }
+}
+
+/// Whether `got` is seeded record `i`, or a rewrite of it when `i` is
+/// among the `rewritten` keys.
+fn is_record(got: &Value, i: u64, rewritten: u64) -> bool {
+    let seeded = record_json(i);
+    if i > rewritten {
+        return *got == seeded;
+    }
+    ["addon_id", "sha256", "status", "registered_at"]
+        .iter()
+        .all(|field| got[field] == seeded[field])
+        && got["version"].is_string()
+}
+
+/// Whether an answer is the one the seed implies; `Err` says what is wrong.
+fn check(expect: &Expect, status: u16, body: &[u8], rewritten: u64) -> Result<(), String> {
+    let json = || serde_json::from_slice::<Value>(body).map_err(|e| format!("not JSON: {e}"));
+    match expect {
+        Expect::Record(i) => {
+            if status != 200 {
+                return Err(format!("record {i}: status {status}"));
+            }
+            let got = json()?;
+            is_record(&got, *i, rewritten)
+                .then_some(())
+                .ok_or_else(|| format!("record {i}: {got}"))
+        }
+        Expect::Unknown => (status == 404)
+            .then_some(())
+            .ok_or_else(|| format!("unknown key: status {status}")),
+        Expect::Bulk(keys) => {
+            let got = json()?;
+            let results = got["results"].as_array().cloned().unwrap_or_default();
+            if status != 200 || results.len() != keys.len() {
+                return Err(format!("bulk: status {status}, {} results", results.len()));
+            }
+            for (key, result) in keys.iter().zip(&results) {
+                let right = match key {
+                    Some(i) => is_record(result, *i, rewritten),
+                    None => result["status"] == "unknown",
+                };
+                if !right {
+                    return Err(format!("bulk item {key:?}: {result}"));
+                }
+            }
+            Ok(())
+        }
+        Expect::Listing(i) => {
+            let got = json()?;
+            let items = got["items"].as_array().cloned().unwrap_or_default();
+            let addon = seeded_addon(*i);
+            if status != 200 || items.is_empty() || items.iter().any(|r| r["addon_id"] != addon) {
+                return Err(format!("listing of {addon}: status {status}, {got}"));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Drives the gateway at `addr` with `shape`; loopback only.
+pub async fn drive(addr: SocketAddr, shape: Shape, seed: u64) -> Result<Measured, BenchError> {
+    drive_until(addr, shape, seed, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`drive`], ending early once `stop` is set.
+pub async fn drive_until(
+    addr: SocketAddr,
+    shape: Shape,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> Result<Measured, BenchError> {
+    drive_counted(addr, shape, seed, stop, Arc::default()).await
+}
+
+/// [`drive_until`], adding every answer to `answered` as it arrives, so that
+/// a sampler can plot throughput over time.
+pub async fn drive_counted(
+    addr: SocketAddr,
+    shape: Shape,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+) -> Result<Measured, BenchError> {
+    if !addr.ip().is_loopback() {
+        return Err(BenchError::Check(format!(
+            "{addr} is not a loopback address"
+        )));
+    }
+    let popularity = Arc::new(Popularity::new(shape.records.max(1), shape.zipf));
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + shape.duration;
+    let per_connection_gap = shape
+        .rate
+        .map(|rate| Duration::from_secs_f64(shape.connections as f64 / rate.max(0.001)));
+    let tasks: Vec<_> = (0..shape.connections)
+        .map(|c| {
+            let (popularity, sent, stop) = (popularity.clone(), sent.clone(), stop.clone());
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                connection(
+                    addr,
+                    shape,
+                    &popularity,
+                    Counters {
+                        sent: &sent,
+                        answered: &answered,
+                    },
+                    &stop,
+                    Draws(seed ^ (c as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)),
+                    started
+                        + per_connection_gap.map_or(Duration::ZERO, |gap| {
+                            gap.mul_f64(c as f64 / shape.connections as f64)
+                        }),
+                    per_connection_gap,
+                    deadline,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut total = new_histogram()?;
+    let (mut requests, mut wrong, mut failed, mut first_wrong) = (0, 0, 0, None);
+    for task in tasks {
+        let part = task
+            .await
+            .map_err(|e| BenchError::Check(format!("a connection task failed: {e}")))??;
+        total
+            .add(&part.latency_us)
+            .map_err(|e| BenchError::Check(format!("histogram: {e}")))?;
+        requests += part.requests;
+        wrong += part.wrong;
+        failed += part.failed;
+        first_wrong = first_wrong.or(part.first_wrong);
+    }
+    Ok(Measured {
+        requests,
+        wrong,
+        failed,
+        elapsed: started.elapsed(),
+        latency_us: total,
+        offered: shape.rate,
+        first_wrong,
+    })
+}
+
+fn new_histogram() -> Result<Histogram<u64>, BenchError> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+        .map_err(|e| BenchError::Check(format!("histogram: {e}")))
+}
+
+/// Requests started (bounded by `max_requests`) and answers received, shared
+/// by all connections.
+#[derive(Clone, Copy)]
+struct Counters<'a> {
+    sent: &'a AtomicU64,
+    answered: &'a AtomicU64,
+}
+
+/// One keep-alive connection's loop; reconnects after an error.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    addr: SocketAddr,
+    shape: Shape,
+    popularity: &Popularity,
+    counters: Counters<'_>,
+    stop: &AtomicBool,
+    mut draws: Draws,
+    first_send: Instant,
+    gap: Option<Duration>,
+    deadline: Instant,
+) -> Result<Measured, BenchError> {
+    let mut part = Measured {
+        requests: 0,
+        wrong: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latency_us: new_histogram()?,
+        offered: shape.rate,
+        first_wrong: None,
+    };
+    let mut sender = None;
+    let mut intended = first_send;
+    loop {
+        // Open loop: this request's slot, kept even when the last answer
+        // came late; closed loop: now.
+        let from = match gap {
+            Some(gap) => {
+                let slot = intended;
+                intended += gap;
+                tokio::time::sleep_until(slot.into()).await;
+                slot
+            }
+            None => Instant::now(),
+        };
+        if stop.load(Ordering::Relaxed)
+            || Instant::now() >= deadline
+            || counters.sent.fetch_add(1, Ordering::Relaxed) >= shape.max_requests
+        {
+            return Ok(part);
+        }
+        let ask = shape.ask(popularity, &mut draws);
+        if sender.is_none() {
+            sender = connect(addr).await.ok();
+        }
+        let Some(open) = sender.as_mut() else {
+            part.failed += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        match exchange(open, ask.request).await {
+            Ok((status, body)) => {
+                let latency = u64::try_from(from.elapsed().as_micros()).unwrap_or(u64::MAX);
+                part.latency_us.saturating_record(latency.max(1));
+                part.requests += 1;
+                counters.answered.fetch_add(1, Ordering::Relaxed);
+                if let Err(what) = check(&ask.expect, status, &body, shape.rewritten) {
+                    part.wrong += 1;
+                    part.first_wrong.get_or_insert(what);
+                }
+            }
+            Err(_) => {
+                part.failed += 1;
+                sender = None;
+            }
+        }
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Result<Sender, BenchError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| BenchError::Process(format!("connect {addr}"), e))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| BenchError::Check(format!("HTTP handshake: {e}")))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn exchange(
+    sender: &mut Sender,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, Bytes), hyper::Error> {
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// One request on a fresh connection: `GET path`, or `POST path` with a JSON
+/// body. For set-up and scraping, not for measuring.
+pub async fn request(
+    addr: SocketAddr,
+    path: &str,
+    json_body: Option<String>,
+) -> Result<(u16, Bytes), BenchError> {
+    let mut sender = connect(addr).await?;
+    let builder = Request::builder().header("host", "127.0.0.1").uri(path);
+    let request = match json_body {
+        Some(body) => builder
+            .method("POST")
             .header("content-type", "application/json")
-            .body(body.clone())
-    });
-    warp::serve(route).run(listen).await;
+            .body(Full::new(Bytes::from(body))),
+        None => builder.body(Full::default()),
+    }
+    .map_err(|e| BenchError::Check(format!("request {path}: {e}")))?;
+    exchange(&mut sender, request)
+        .await
+        .map_err(|e| BenchError::Check(format!("{path} on {addr}: {e}")))
 }
 
-/// Runs the benchmark: seeds, starts both servers, drives them, measures.
-pub async fn run(target: &Target, bench: ReadBench) -> Result<(Vec<HttpRun>, f64), BenchError> {
-    let scratch = Scratch::create(target).await?;
-    let result = measure(target, &scratch, bench).await;
+/// Asks for every seeded record `1..=records` once, over `connections`
+/// keep-alive connections: fills a gateway's cache (single lookups fill it;
+/// bulk lookups only read it).
+pub async fn fill(addr: SocketAddr, records: u64, connections: u64) -> Result<(), BenchError> {
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut sender = connect(addr).await?;
+                for i in (1 + c..=records).step_by(connections as usize) {
+                    let uri = format!(
+                        "/v1/addons/{}/hashes/{}",
+                        percent_encode(&seeded_addon(i)),
+                        seeded_hash(i)
+                    );
+                    let request = Request::builder()
+                        .uri(uri)
+                        .header("host", "127.0.0.1")
+                        .body(Full::default())
+                        .map_err(|e| BenchError::Check(format!("fill request: {e}")))?;
+                    let (status, _) = exchange(&mut sender, request)
+                        .await
+                        .map_err(|e| BenchError::Check(format!("fill: {e}")))?;
+                    if status != 200 {
+                        return Err(BenchError::Check(format!("fill: record {i} got {status}")));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .map_err(|e| BenchError::Check(format!("a fill task failed: {e}")))??;
+    }
+    Ok(())
+}
+
+/// The `reads` command's settings.
+#[derive(Debug, Clone)]
+pub struct ReadsRun {
+    /// The traffic; `rate` is ignored (the run picks its rates).
+    pub shape: Shape,
+    /// Open-loop rates, as shares of the closed-loop throughput.
+    pub open_loop_shares: &'static [f64],
+    /// Cached entries of the gateway (0: cache off).
+    pub cache_entries: u64,
+    /// Generator seed.
+    pub seed: u64,
+    /// Every answer of every measurement (warm-up included) is added here.
+    pub answered: Arc<AtomicU64>,
+}
+
+/// Seeds a scratch database, starts a release gateway on it, and drives it
+/// closed loop, then open loop at shares of the closed-loop throughput.
+pub async fn run(target: &crate::env::Target, run: ReadsRun) -> Result<Vec<Measured>, BenchError> {
+    let scratch = crate::env::Scratch::create(target).await?;
+    let result = measure(target, &scratch, run).await;
     scratch.drop().await?;
     result
 }
 
 async fn measure(
-    target: &Target,
-    scratch: &Scratch,
-    bench: ReadBench,
-) -> Result<(Vec<HttpRun>, f64), BenchError> {
-    seed(&scratch.pool, bench.records as u64).await?;
-
-    let gateway_port = free_port()?;
-    let uncached_port = free_port()?;
-    let bare_port = free_port()?;
-    let _gateway = start_gateway(target, scratch, gateway_port, 1_000_000)?;
-    let _uncached = start_gateway(target, scratch, uncached_port, 0)?;
-    // Each way the gateway can log gets a row, so a logging cost can't hide.
-    let logs = tempfile_dir()?;
-    let (logged_port, sampled_port) = (free_port()?, free_port()?);
-    let _logged = start_gateway_logging(
-        target,
-        scratch,
-        logged_port,
-        &logs.join("local.log"),
-        &[
-            ("ADDONREG_LOG", "info".into()),
-            ("ADDONREG_REQUEST_LOG_SAMPLE", "1.0".into()),
-        ],
-    )?;
-    let _sampled = start_gateway_logging(
-        target,
-        scratch,
-        sampled_port,
-        &logs.join("production.log"),
-        &[
-            ("ADDONREG_LOG", "info,sqlx=warn".into()),
-            ("ADDONREG_REQUEST_LOG_SAMPLE", "0.1".into()),
-        ],
-    )?;
-    let me = std::env::current_exe().map_err(|e| BenchError::Process("loadtest".into(), e))?;
-    let _bare = start(
-        &me,
-        &["bare-warp", "--listen", &format!("127.0.0.1:{bare_port}")],
-        &[],
-    )?;
-    let nginx_port = free_port()?;
-    let nginx = if crate::baseline::Nginx::installed() {
-        let nginx = crate::baseline::Nginx::start(nginx_port, &hot_record_json())?;
-        wait_listening(nginx_port).await?;
-        Some(nginx)
-    } else {
-        eprintln!(
-            "read-bench: nginx is not installed (apt-get install nginx-light): no static-file baseline"
-        );
-        None
+    target: &crate::env::Target,
+    scratch: &crate::env::Scratch,
+    run: ReadsRun,
+) -> Result<Vec<Measured>, BenchError> {
+    crate::read_bench::seed(&scratch.pool, run.shape.records).await?;
+    let port = crate::read_bench::free_port()?;
+    let _gateway = crate::read_bench::start_gateway(target, scratch, port, run.cache_entries)?;
+    crate::read_bench::wait_listening(port).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Warm up: connections, prepared statements and the hot keys' entries.
+    let warm = Shape {
+        duration: Duration::from_secs(2),
+        rate: None,
+        ..run.shape
     };
-    wait_listening(gateway_port).await?;
-    wait_listening(uncached_port).await?;
-    wait_listening(logged_port).await?;
-    wait_listening(sampled_port).await?;
-    wait_listening(bare_port).await?;
-
-    let hot = format!("/v1/addons/addon1@bench/hashes/{}", hash_hex(1));
-    let mut runs = Vec::new();
-    // The machine's speed drifts between runs: alternate, keep the medians.
-    let (mut bare, mut static_file, mut gateway_hot) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut logged, mut sampled) = (Vec::new(), Vec::new());
-    for _ in 0..bench.rounds {
-        bare.push(wrk(BARE_WARP, bare_port, &hot, None, bench).await?);
-        if nginx.is_some() {
-            static_file.push(wrk(NGINX, nginx_port, &hot, None, bench).await?);
-        }
-        gateway_hot.push(wrk(GATEWAY_HOT, gateway_port, &hot, None, bench).await?);
-        logged.push(wrk(GATEWAY_HOT_LOGGED, logged_port, &hot, None, bench).await?);
-        sampled.push(wrk(GATEWAY_HOT_SAMPLED, sampled_port, &hot, None, bench).await?);
-    }
-    runs.push(median(bare));
-    if !static_file.is_empty() {
-        runs.push(median(static_file));
-    }
-    runs.push(median(gateway_hot));
-    runs.push(median(logged));
-    runs.push(median(sampled));
-    let _ = std::fs::remove_dir_all(&logs);
-    let random = random_keys_script(bench.records)?;
-    runs.push(wrk(GATEWAY_RANDOM, gateway_port, "/", Some(&random), bench).await?);
-    runs.push(wrk(GATEWAY_UNCACHED, uncached_port, "/", Some(&random), bench).await?);
-    let pgbench = pgbench_tps(scratch, bench).await?;
-    Ok((runs, pgbench))
-}
-
-/// Seeds records 1..=`records` (see [`seeded_addon`], [`seeded_hash`]):
-/// registered, version 1.0, at [`SEEDED_AT`].
-pub async fn seed(pool: &sqlx::PgPool, records: u64) -> Result<(), BenchError> {
-    sqlx::query(
-        "INSERT INTO records (addon_id, sha256, status, version, registered_at, updated_at, \
-                              last_write_id, last_op_index, ops) \
-         SELECT 'addon' || (i % 1000) || '@bench', \
-                int8send(i) || int8send(i) || int8send(i) || int8send(i), 'registered', '1.0', \
-                '2026-11-22T10:00:00Z', '2026-11-22T10:00:00Z', 'seed', 0, '[]' \
-         FROM generate_series(1, $1::int8) AS i",
+    let stop = Arc::new(AtomicBool::new(false));
+    let drive = |shape, seed| drive_counted(addr, shape, seed, stop.clone(), run.answered.clone());
+    drive(warm, run.seed).await?;
+    let closed = drive(
+        Shape {
+            rate: None,
+            ..run.shape
+        },
+        run.seed,
     )
-    .bind(records as i64)
-    .execute(pool)
     .await?;
-    sqlx::query("ANALYZE records").execute(pool).await?;
-    Ok(())
-}
-
-/// Starts a release gateway on `port` over `scratch`, with
-/// `ADDONREG_CACHE_MAX_ENTRIES` = `cache_entries` and request lines off.
-pub fn start_gateway(
-    target: &Target,
-    scratch: &Scratch,
-    port: u16,
-    cache_entries: u64,
-) -> Result<Child, BenchError> {
-    start_gateway_with(target, scratch, port, cache_entries, None, &[])
-}
-
-/// [`start_gateway`], with its metrics listener on `metrics_port` if given,
-/// and `extra` settings.
-pub fn start_gateway_with(
-    target: &Target,
-    scratch: &Scratch,
-    port: u16,
-    cache_entries: u64,
-    metrics_port: Option<u16>,
-    extra: &[(&str, String)],
-) -> Result<Child, BenchError> {
-    let metrics = metrics_port.map_or_else(|| "0".into(), |p| format!("127.0.0.1:{p}"));
-    let mut env = vec![
-        ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
-        ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
-        ("ADDONREG_METRICS_LISTEN", metrics),
-        ("ADDONREG_PREFIX", scratch.prefix.to_string()),
-        ("ADDONREG_LOG", "warn".into()),
-        ("ADDONREG_CACHE_MAX_ENTRIES", cache_entries.to_string()),
-    ];
-    env.extend(extra.iter().cloned());
-    start(&target.bin_dir.join("api-gateway"), &[], &env)
-}
-
-/// A scratch directory for the logging gateways' log files.
-fn tempfile_dir() -> Result<std::path::PathBuf, BenchError> {
-    let dir = std::env::temp_dir().join(format!("addonreg-read-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Process("log directory".into(), e))?;
-    Ok(dir)
-}
-
-/// A cached gateway whose stdout (its MozLog lines) goes to `log`, with
-/// `logging` settings, as a deployment runs it.
-fn start_gateway_logging(
-    target: &Target,
-    scratch: &Scratch,
-    port: u16,
-    log: &Path,
-    logging: &[(&str, String)],
-) -> Result<Child, BenchError> {
-    let mut env = vec![
-        ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
-        ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
-        ("ADDONREG_METRICS_LISTEN", "0".into()),
-        ("ADDONREG_PREFIX", scratch.prefix.to_string()),
-    ];
-    env.extend(logging.iter().cloned());
-    let file = std::fs::File::create(log)
-        .map_err(|e| BenchError::Process(log.display().to_string(), e))?;
-    let mut cmd = Command::new(target.bin_dir.join("api-gateway"));
-    cmd.env_clear().stdout(file).kill_on_drop(true);
-    for (k, v) in &env {
-        cmd.env(k, v);
+    let mut runs = vec![closed];
+    let capacity = runs[0].rps();
+    for share in run.open_loop_shares {
+        let open = Shape {
+            rate: Some(capacity * share),
+            ..run.shape
+        };
+        runs.push(drive(open, run.seed.wrapping_add(1)).await?);
     }
-    cmd.spawn()
-        .map_err(|e| BenchError::Process("api-gateway".into(), e))
+    Ok(runs)
 }
 
-/// The run with the median requests/s (the upper one of an even count).
-fn median(mut runs: Vec<HttpRun>) -> HttpRun {
-    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    runs.swap_remove(runs.len() / 2)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A wrk script requesting uniformly random seeded keys.
-fn random_keys_script(records: usize) -> Result<std::path::PathBuf, BenchError> {
-    let path = std::env::temp_dir().join(format!("addonreg-wrk-{}.lua", std::process::id()));
-    let script = format!(
-        "math.randomseed(42)\n\
-         request = function()\n\
-           local i = math.random(1, {records})\n\
-           local h = string.rep(string.format(\"%016x\", i), 4)\n\
-           return wrk.format(\"GET\", \"/v1/addons/addon\" .. (i % 1000) .. \"@bench/hashes/\" .. h)\n\
-         end\n"
-    );
-    std::fs::write(&path, script).map_err(|e| BenchError::Process("wrk script".into(), e))?;
-    Ok(path)
-}
-
-async fn wrk(
-    name: &str,
-    port: u16,
-    path: &str,
-    script: Option<&Path>,
-    bench: ReadBench,
-) -> Result<HttpRun, BenchError> {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        "-t2",
-        &format!("-c{}", bench.connections),
-        &format!("-d{}s", bench.seconds),
-        "--latency",
-    ]);
-    if let Some(script) = script {
-        cmd.arg("-s").arg(script);
-    }
-    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| BenchError::Process("wrk (apt-get install wrk)".into(), e))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let find = |prefix: &str| -> Option<&str> {
-        text.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.split_whitespace().nth(1))
-    };
-    let rps = find("Requests/sec:")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| BenchError::Check(format!("wrk said: {text}")))?;
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Non-2xx or 3xx responses:"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    Ok(HttpRun {
-        name: name.into(),
-        rps,
-        p50_ms: find("50%").map(to_ms).unwrap_or(f64::NAN),
-        p99_ms: find("99%").map(to_ms).unwrap_or(f64::NAN),
-        errors,
-    })
-}
-
-/// wrk's latency with its unit (`812.00us`, `1.23ms`, `2.00s`) in ms.
-fn to_ms(v: &str) -> f64 {
-    let (number, factor) = if let Some(n) = v.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (v, f64::NAN)
-    };
-    number.parse::<f64>().map_or(f64::NAN, |n| n * factor)
-}
-
-/// pgbench select-by-primary-key on the same table, prepared, 16 clients.
-async fn pgbench_tps(scratch: &Scratch, bench: ReadBench) -> Result<f64, BenchError> {
-    let path = std::env::temp_dir().join(format!("addonreg-pgbench-{}.sql", std::process::id()));
-    let script = format!(
-        "\\set i random(1, {})\nSELECT status FROM records WHERE addon_id = 'addon' || (:i % 1000) || '@bench' \
-         AND sha256 = int8send(:i) || int8send(:i) || int8send(:i) || int8send(:i);\n",
-        bench.records
-    );
-    std::fs::write(&path, script).map_err(|e| BenchError::Process("pgbench script".into(), e))?;
-    let url = scratch.url_as("postgres");
-    let out = Command::new("pgbench")
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            "16",
-            "-j",
-            "2",
-            "-T",
-            &bench.seconds.to_string(),
-            "-f",
-        ])
-        .arg(&path)
-        .arg(&url)
-        .output()
-        .await
-        .map_err(|e| BenchError::Process("pgbench".into(), e))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.lines()
-        .find(|l| l.starts_with("tps ="))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            BenchError::Check(format!(
-                "pgbench said: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        })
-}
-
-fn start(program: &Path, args: &[&str], env: &[(&str, String)]) -> Result<Child, BenchError> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn()
-        .map_err(|e| BenchError::Process(program.display().to_string(), e))
-}
-
-pub fn free_port() -> Result<u16, BenchError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| BenchError::Process("free port".into(), e))
-}
-
-pub async fn wait_listening(port: u16) -> Result<(), BenchError> {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
+    #[test]
+    fn zipf_favours_the_first_keys_and_covers_all() {
+        let popularity = Popularity::new(1000, 1.0);
+        let mut draws = Draws(7);
+        let mut counts = vec![0u32; 1001];
+        for _ in 0..100_000 {
+            counts[popularity.key(draws.unit()) as usize] += 1;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(counts[1] > counts[2] && counts[2] > counts[10]);
+        // Key 1 has 1/H(1000) ≈ 13% of the weight.
+        assert!((12_000..15_000).contains(&counts[1]), "{}", counts[1]);
+        let uniform = Popularity::new(10, 0.0);
+        assert_eq!(uniform.key(0.0), 1);
+        assert_eq!(uniform.key(0.999), 10);
     }
-    Err(BenchError::Timeout(format!("nothing listens on {port}")))
+
+    #[test]
+    fn answers_are_checked_against_the_seed() {
+        let body = record_json(5).to_string();
+        assert!(check(&Expect::Record(5), 200, body.as_bytes(), 0).is_ok());
+        assert!(check(&Expect::Record(6), 200, body.as_bytes(), 0).is_err());
+        assert!(check(&Expect::Record(5), 304, b"", 0).is_err());
+        assert!(check(&Expect::Unknown, 404, b"{}", 0).is_ok());
+        let bulk = json!({"results": [record_json(1), {"status": "unknown"}]}).to_string();
+        assert!(check(&Expect::Bulk(vec![Some(1), None]), 200, bulk.as_bytes(), 0).is_ok());
+        assert!(
+            check(
+                &Expect::Bulk(vec![Some(1), Some(2)]),
+                200,
+                bulk.as_bytes(),
+                0
+            )
+            .is_err()
+        );
+        let mut rewrite = record_json(5);
+        rewrite["version"] = json!("2.7");
+        let rewrite = rewrite.to_string();
+        assert!(check(&Expect::Record(5), 200, rewrite.as_bytes(), 0).is_err());
+        assert!(check(&Expect::Record(5), 200, rewrite.as_bytes(), 10).is_ok());
+    }
 }

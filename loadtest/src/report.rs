@@ -2,7 +2,7 @@
 //! measured in the same run.
 
 use crate::baseline::QueueRates;
-use crate::writes::Measured;
+use crate::write_bench::Measured;
 
 /// The machine as `/proc` describes it.
 pub fn machine() -> String {
@@ -68,7 +68,7 @@ pub fn print_writes(queue: QueueRates, upsert_rows_per_sec: f64, runs: &[Measure
 }
 
 /// Prints the read benchmark's table: each run beside the bare handler.
-pub fn print_reads(runs: &[crate::reads::HttpRun], pgbench_tps: f64) {
+pub fn print_reads(runs: &[crate::read_bench::HttpRun], pgbench_tps: f64) {
     println!("machine: {}", machine());
     println!(
         "baseline, pgbench select by primary key (prepared, 16 clients): {pgbench_tps:.0} tps"
@@ -79,7 +79,7 @@ pub fn print_reads(runs: &[crate::reads::HttpRun], pgbench_tps: f64) {
 
 /// The read runs as a markdown table, each beside the first (bare warp)
 /// and pgbench: for `read-bench` and for the bench report.
-pub fn reads_table(runs: &[crate::reads::HttpRun], pgbench_tps: f64) -> String {
+pub fn reads_table(runs: &[crate::read_bench::HttpRun], pgbench_tps: f64) -> String {
     let mut table = String::from(
         "| server | req/s | p50 ms | p99 ms | errors | req/s vs bare warp | p99 vs bare warp | req/s vs pgbench |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
@@ -105,7 +105,7 @@ pub fn reads_table(runs: &[crate::reads::HttpRun], pgbench_tps: f64) -> String {
 
 /// Prints `loadtest writes`' summary: what was sent, how fast it went
 /// through, and each check's count (all 0 on a correct stack).
-pub fn print_check(o: &crate::check::Outcome) {
+pub fn print_check(o: &crate::writes::Outcome) {
     println!("machine: {}", machine());
     let workers = o
         .workers
@@ -167,7 +167,7 @@ pub fn print_backfill(b: &crate::backfill::Backfilled) {
 }
 
 /// The `reads` table: closed loop, then each open-loop rate.
-pub fn print_traffic(runs: &[crate::traffic::Measured]) {
+pub fn print_traffic(runs: &[crate::reads::Measured]) {
     println!("machine: {}", machine());
     println!();
     println!(

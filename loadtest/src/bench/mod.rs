@@ -15,13 +15,13 @@ pub use report::{Report, TargetRow, TrafficRow};
 
 use crate::backfill::{self, Backfill};
 use crate::cache::{self, CacheSweep};
-use crate::check::{self, Bounds};
 use crate::env::Target;
 use crate::freshness::{self, FreshnessRun};
 use crate::mix::{MixSettings, Plan};
-use crate::reads::{self, ReadBench};
-use crate::traffic::{self, ReadsRun, Shape};
-use crate::writes::{self, Scenario};
+use crate::read_bench::{self, ReadBench};
+use crate::reads::{self, ReadsRun, Shape};
+use crate::write_bench::{self, Scenario};
+use crate::writes::{self, Bounds};
 use crate::{BenchError, baseline};
 use shared::domain::Timestamp;
 
@@ -143,7 +143,7 @@ pub async fn run(target: &Target, sizes: &Sizes, run: &Run) -> Result<(), BenchE
         seconds: sizes.seconds,
         rounds: sizes.rounds,
     };
-    let (runs, pgbench) = reads::run(target, bench).await?;
+    let (runs, pgbench) = read_bench::run(target, bench).await?;
     run.update(|r| {
         r.reads = runs;
         r.pgbench_tps = Some(pgbench);
@@ -202,7 +202,7 @@ pub async fn run(target: &Target, sizes: &Sizes, run: &Run) -> Result<(), BenchE
         rate: None,
         max: Duration::from_secs(180),
     };
-    let outcome = check::run_scratch(target, 2, &plan, 0xbe7c, bounds).await?;
+    let outcome = writes::run_scratch(target, 2, &plan, 0xbe7c, bounds).await?;
     run.update(|r| r.write_check = Some(outcome))?;
 
     step("raw RabbitMQ quorum queue and Postgres upsert");
@@ -223,7 +223,7 @@ pub async fn run(target: &Target, sizes: &Sizes, run: &Run) -> Result<(), BenchE
                 workers,
                 batch_max_messages: None,
             };
-            let measured = writes::run(target, scenario, limit).await?;
+            let measured = write_bench::run(target, scenario, limit).await?;
             run.update(|r| r.writes.push(measured))?;
         }
     }
@@ -235,7 +235,7 @@ pub async fn run(target: &Target, sizes: &Sizes, run: &Run) -> Result<(), BenchE
             workers: 2,
             batch_max_messages: Some(batch),
         };
-        let measured = writes::run(target, scenario, limit).await?;
+        let measured = write_bench::run(target, scenario, limit).await?;
         run.update(|r| r.batches.push(measured))?;
     }
 
@@ -298,7 +298,7 @@ async fn firefox_reads(
             points
         })
     };
-    let runs = traffic::run(
+    let runs = reads::run(
         target,
         ReadsRun {
             shape: firefox_shape(sizes, sizes.read_records, None),

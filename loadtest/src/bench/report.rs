@@ -12,11 +12,11 @@ use crate::BenchError;
 use crate::backfill::Backfilled;
 use crate::baseline::QueueRates;
 use crate::cache::{CacheMemory, CacheRun};
-use crate::check::Outcome;
 use crate::freshness::Freshness;
-use crate::reads::{self, HttpRun};
-use crate::traffic;
-use crate::writes::Measured;
+use crate::read_bench::{self, HttpRun};
+use crate::reads;
+use crate::write_bench::Measured;
+use crate::writes::Outcome;
 
 /// Everything one bench run measured so far.
 #[derive(Debug, Clone, Serialize)]
@@ -103,8 +103,8 @@ pub struct TrafficRow {
     pub failed: u64,
 }
 
-impl From<&traffic::Measured> for TrafficRow {
-    fn from(m: &traffic::Measured) -> Self {
+impl From<&reads::Measured> for TrafficRow {
+    fn from(m: &reads::Measured) -> Self {
         Self {
             offered: m.offered,
             answered: m.rps(),
@@ -231,11 +231,11 @@ impl Report {
         };
         // The gateway as deployed: with its request logs on.
         for (row, how) in [
-            (reads::GATEWAY_HOT_LOGGED, "as infra/local/up"),
-            (reads::GATEWAY_HOT_SAMPLED, "as production"),
+            (read_bench::GATEWAY_HOT_LOGGED, "as infra/local/up"),
+            (read_bench::GATEWAY_HOT_SAMPLED, "as production"),
         ] {
             let hot = self.read(row);
-            if let (Some(hot), Some(bare)) = (hot, self.read(reads::BARE_WARP)) {
+            if let (Some(hot), Some(bare)) = (hot, self.read(read_bench::BARE_WARP)) {
                 at_least(
                     &format!("cache-hit lookups {how} ≥ 0.9× bare warp req/s"),
                     format!("{:.0} vs {:.0} req/s", hot.rps, bare.rps),
@@ -249,7 +249,7 @@ impl Report {
                     hot.p99_ms / bare.p99_ms,
                 );
             }
-            if let (Some(hot), Some(nginx)) = (hot, self.read(reads::NGINX)) {
+            if let (Some(hot), Some(nginx)) = (hot, self.read(read_bench::NGINX)) {
                 at_least(
                     &format!("cache-hit lookups {how} ≥ 1.2× nginx static file req/s"),
                     format!("{:.0} vs {:.0} req/s", hot.rps, nginx.rps),
@@ -258,7 +258,7 @@ impl Report {
                 );
             }
         }
-        if let (Some(off), Some(pg)) = (self.read(reads::GATEWAY_UNCACHED), self.pgbench_tps) {
+        if let (Some(off), Some(pg)) = (self.read(read_bench::GATEWAY_UNCACHED), self.pgbench_tps) {
             at_least(
                 "cache-off lookups ≥ 0.7× pgbench select-by-key TPS",
                 format!("{:.0} req/s vs {pg:.0} tps", off.rps),
@@ -439,7 +439,7 @@ impl Report {
     }
 
     fn reads_md(&self, md: &mut String) {
-        if self.read(reads::BARE_WARP).is_none() {
+        if self.read(read_bench::BARE_WARP).is_none() {
             return;
         }
         let pg = self.pgbench_tps.unwrap_or(f64::NAN);

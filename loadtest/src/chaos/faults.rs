@@ -33,7 +33,7 @@ use super::verify::{self, Counts, Sent};
 use super::{Scenario, Settings};
 use crate::BenchError;
 use crate::mix::{MixSettings, Plan};
-use crate::traffic::Measured;
+use crate::reads::Measured;
 
 /// Steady writes go on this long after the fault is lifted.
 const TAIL: Duration = Duration::from_secs(5);

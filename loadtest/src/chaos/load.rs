@@ -28,7 +28,7 @@ use shared::topology::WRITE_ROUTING_KEY;
 use crate::BenchError;
 use crate::mix::Plan;
 use crate::publish::Outgoing;
-use crate::traffic::{self, Measured, Shape};
+use crate::reads::{self, Measured, Shape};
 
 /// Most publishes awaiting their confirm at once.
 const WINDOW: usize = 500;
@@ -213,7 +213,7 @@ impl ReadWindow {
                     listing_share: 0.01,
                     rewritten: 0,
                 };
-                tokio::spawn(traffic::drive_until(
+                tokio::spawn(reads::drive_until(
                     *addr,
                     shape,
                     seed.wrapping_add(i as u64),

@@ -425,7 +425,7 @@ async fn scenarios(
 /// Seeds records 1..=`records` as every read benchmark does, so that
 /// [`crate::traffic`] knows every answer.
 async fn seed_records(stack: &Stack, records: u64) -> Result<(), BenchError> {
-    crate::reads::seed(&stack.owner, records).await
+    crate::read_bench::seed(&stack.owner, records).await
 }
 
 /// `loadtest chaos`: runs, prints the table (partial after Ctrl-C), writes

@@ -95,7 +95,7 @@ pub async fn wait_for_receipts(owner: &PgPool, sent: &[Sent<'_>], limit: Duratio
     true
 }
 
-pub use crate::check::DeadLetter;
+pub use crate::writes::DeadLetter;
 
 /// Takes every dead letter out of the dead queue (the runner owns it:
 /// each scenario starts with it empty), waiting up to a grace period for
