@@ -181,6 +181,46 @@ async fn load(
     })
 }
 
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub target: crate::env::TargetArgs,
+    /// Records loaded (one register op each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: usize,
+    /// Ops per message.
+    #[arg(long, default_value_t = 1_000)]
+    pub ops_per_message: usize,
+    /// Workers started.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Longest the load may take.
+    #[arg(long, default_value_t = 300)]
+    pub max_seconds: u64,
+}
+
+pub async fn command(args: BackfillArgs) -> Result<(), BenchError> {
+    crate::env::require_loopback("--amqp-url", &args.target.amqp_url)?;
+    crate::env::require_loopback("--admin-url", &args.target.admin_url)?;
+    if !(1..=shared::write::MAX_OPS).contains(&args.ops_per_message) {
+        return Err(BenchError::Refused("--ops-per-message 1 to 10000".into()));
+    }
+    let target = args.target.target();
+    let shape = Backfill {
+        records: args.records,
+        ops_per_message: args.ops_per_message,
+        workers: args.workers,
+        max: Duration::from_secs(args.max_seconds),
+    };
+    eprintln!(
+        "backfill: {} records in {}-op messages, {} worker(s)",
+        shape.records, shape.ops_per_message, shape.workers
+    );
+    let done = run(&target, shape).await?;
+    crate::report::print_backfill(&done);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

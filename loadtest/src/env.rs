@@ -135,19 +135,15 @@ impl Scratch {
 
     /// Starts a worker process on this scratch environment.
     pub fn start_worker(&self, target: &Target, args: &[String]) -> Result<Child, BenchError> {
-        let bin = target.bin_dir.join("write-worker");
-        Command::new(&bin)
-            .args(args)
-            .env_clear()
-            .env("ADDONREG_DATABASE_URL", self.url_as("addonreg_worker"))
-            .env("ADDONREG_AMQP_URL", &self.amqp_url)
-            .env("ADDONREG_PREFIX", self.prefix.as_str())
-            .env("ADDONREG_METRICS_LISTEN", "0")
-            .env("ADDONREG_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| BenchError::Process(bin.display().to_string(), e))
+        let launch = harness::Launch::worker(
+            target.bin_dir.join("write-worker"),
+            &self.url_as("addonreg_worker"),
+            &self.amqp_url,
+            self.prefix.as_str(),
+        )
+        .set("ADDONREG_LOG", "warn")
+        .args(args);
+        spawn(&launch, std::process::Stdio::null())
     }
 
     /// Deletes the topology and drops the database.
@@ -190,6 +186,49 @@ pub fn require_loopback(what: &str, url: &str) -> Result<(), BenchError> {
             "{what} points at {host}: loadtest targets loopback only"
         )))
     }
+}
+
+/// Where a benchmark puts its scratch databases, broker names and binaries.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// Superuser URL of the Postgres that holds the scratch databases.
+    #[arg(
+        long,
+        env = "ADDONREG_TEST_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub admin_url: String,
+    /// The broker.
+    #[arg(
+        long,
+        env = "ADDONREG_TEST_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Where the release binaries are (`cargo build --release`).
+    #[arg(long, default_value = "target/release")]
+    pub bin_dir: PathBuf,
+}
+
+impl TargetArgs {
+    pub fn target(self) -> Target {
+        Target {
+            admin_url: self.admin_url,
+            amqp_url: self.amqp_url,
+            bin_dir: self.bin_dir,
+        }
+    }
+}
+
+/// Spawns `launch` with its stdout to `stdout`, killed when dropped.
+pub fn spawn(
+    launch: &harness::Launch,
+    stdout: impl Into<std::process::Stdio>,
+) -> Result<Child, BenchError> {
+    let mut cmd = Command::from(launch.command());
+    cmd.stdout(stdout).kill_on_drop(true);
+    cmd.spawn()
+        .map_err(|e| BenchError::Process(launch.program().display().to_string(), e))
 }
 
 #[cfg(test)]

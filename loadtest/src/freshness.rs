@@ -260,3 +260,58 @@ mod probe {
         Some(sender)
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct FreshnessArgs {
+    #[command(flatten)]
+    pub target: crate::env::TargetArgs,
+    /// Sampled writes.
+    #[arg(long, default_value_t = 200)]
+    pub samples: usize,
+    /// Records seeded.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Background read connections.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Background reads per second (open loop).
+    #[arg(long, default_value_t = 5_000.0)]
+    pub read_rate: f64,
+    /// Longest delay that still passes, in ms (the contract's promise: 1 s).
+    #[arg(long, default_value_t = 1_000)]
+    pub max_delay_ms: u64,
+}
+
+pub async fn command(args: FreshnessArgs) -> Result<(), crate::BenchError> {
+    let target = args.target.target();
+    let reads = crate::reads::Shape {
+        connections: args.connections.max(1),
+        duration: Duration::from_secs(600),
+        max_requests: u64::MAX,
+        rate: Some(args.read_rate),
+        zipf: 1.0,
+        records: args.records,
+        unknown_share: 0.05,
+        bulk_share: 0.02,
+        listing_share: 0.01,
+        rewritten: REWRITTEN,
+    };
+    let run = FreshnessRun {
+        samples: args.samples.max(1),
+        records: args.records,
+        reads,
+    };
+    let measured = self::run(&target, run).await?;
+    crate::report::print_freshness(&measured);
+    let bad = measured.stale as u64 + measured.reads.wrong + measured.reads.failed;
+    if bad > 0 || measured.delay_us.max() >= args.max_delay_ms * 1000 {
+        return Err(crate::BenchError::Check(format!(
+            "{} samples never served, {} wrong or failed reads, max delay {} ms (limit {} ms)",
+            measured.stale,
+            measured.reads.wrong + measured.reads.failed,
+            measured.delay_us.max() / 1000,
+            args.max_delay_ms
+        )));
+    }
+    Ok(())
+}

@@ -138,11 +138,12 @@ async fn measure(
         ],
     )?;
     let me = std::env::current_exe().map_err(|e| BenchError::Process("loadtest".into(), e))?;
-    let _bare = start(
-        &me,
-        &["bare-warp", "--listen", &format!("127.0.0.1:{bare_port}")],
-        &[],
-    )?;
+    let _bare = Command::new(&me)
+        .args(["bare-warp", "--listen", &format!("127.0.0.1:{bare_port}")])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BenchError::Process("bare warp".into(), e))?;
     let nginx_port = free_port()?;
     let nginx = if crate::baseline::Nginx::installed() {
         let nginx = crate::baseline::Nginx::start(nginx_port, &hot_record_json())?;
@@ -229,16 +230,23 @@ pub fn start_gateway_with(
     extra: &[(&str, String)],
 ) -> Result<Child, BenchError> {
     let metrics = metrics_port.map_or_else(|| "0".into(), |p| format!("127.0.0.1:{p}"));
-    let mut env = vec![
-        ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
-        ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
-        ("ADDONREG_METRICS_LISTEN", metrics),
-        ("ADDONREG_PREFIX", scratch.prefix.to_string()),
-        ("ADDONREG_LOG", "warn".into()),
-        ("ADDONREG_CACHE_MAX_ENTRIES", cache_entries.to_string()),
-    ];
-    env.extend(extra.iter().cloned());
-    start(&target.bin_dir.join("api-gateway"), &[], &env)
+    let launch = gateway(target, scratch, port)
+        .set("ADDONREG_METRICS_LISTEN", &metrics)
+        .set("ADDONREG_LOG", "warn")
+        .set("ADDONREG_CACHE_MAX_ENTRIES", &cache_entries.to_string())
+        .settings(extra);
+    crate::env::spawn(&launch, Stdio::null())
+}
+
+/// A gateway over `scratch` answering on `port`.
+fn gateway(target: &Target, scratch: &Scratch, port: u16) -> harness::Launch {
+    harness::Launch::gateway(
+        target.bin_dir.join("api-gateway"),
+        &[scratch.url_as("addonreg_gateway")],
+        &target.amqp_url,
+        scratch.prefix.as_str(),
+        port,
+    )
 }
 
 /// A scratch directory for the logging gateways' log files.
@@ -257,22 +265,9 @@ fn start_gateway_logging(
     log: &Path,
     logging: &[(&str, String)],
 ) -> Result<Child, BenchError> {
-    let mut env = vec![
-        ("ADDONREG_REPLICA_URLS", scratch.url_as("addonreg_gateway")),
-        ("ADDONREG_LISTEN", format!("127.0.0.1:{port}")),
-        ("ADDONREG_METRICS_LISTEN", "0".into()),
-        ("ADDONREG_PREFIX", scratch.prefix.to_string()),
-    ];
-    env.extend(logging.iter().cloned());
     let file = std::fs::File::create(log)
         .map_err(|e| BenchError::Process(log.display().to_string(), e))?;
-    let mut cmd = Command::new(target.bin_dir.join("api-gateway"));
-    cmd.env_clear().stdout(file).kill_on_drop(true);
-    for (k, v) in &env {
-        cmd.env(k, v);
-    }
-    cmd.spawn()
-        .map_err(|e| BenchError::Process("api-gateway".into(), e))
+    crate::env::spawn(&gateway(target, scratch, port).settings(logging), file)
 }
 
 /// The run with the median requests/s (the upper one of an even count).
@@ -398,19 +393,6 @@ async fn pgbench_tps(scratch: &Scratch, bench: ReadBench) -> Result<f64, BenchEr
         })
 }
 
-fn start(program: &Path, args: &[&str], env: &[(&str, String)]) -> Result<Child, BenchError> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn()
-        .map_err(|e| BenchError::Process(program.display().to_string(), e))
-}
-
 pub fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -429,4 +411,36 @@ pub async fn wait_listening(port: u16) -> Result<(), BenchError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(BenchError::Timeout(format!("nothing listens on {port}")))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReadBenchArgs {
+    #[command(flatten)]
+    pub target: crate::env::TargetArgs,
+    /// Records seeded.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: usize,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Rounds of bare warp then gateway (hot key), alternated so that both
+    /// see the same machine; each row is the round with the median req/s.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+pub async fn command(args: ReadBenchArgs) -> Result<(), crate::BenchError> {
+    let target = args.target.target();
+    let bench = ReadBench {
+        records: args.records,
+        connections: args.connections,
+        seconds: args.seconds,
+        rounds: args.rounds.max(1),
+    };
+    let (runs, pgbench) = run(&target, bench).await?;
+    crate::report::print_reads(&runs, pgbench);
+    Ok(())
 }

@@ -591,6 +591,73 @@ async fn measure(
     Ok(runs)
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReadsArgs {
+    #[command(flatten)]
+    pub target: crate::env::TargetArgs,
+    /// Records seeded.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Seconds per measurement (closed loop, then each open-loop rate).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Most requests per measurement.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub max_requests: u64,
+    /// Zipf exponent of key popularity (0: uniform).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Share of single lookups for never-written keys (404).
+    #[arg(long, default_value_t = 0.05)]
+    pub unknown_share: f64,
+    /// Share of requests that are bulk lookups of 100 items.
+    #[arg(long, default_value_t = 0.02)]
+    pub bulk_share: f64,
+    /// Share of requests that are listings.
+    #[arg(long, default_value_t = 0.01)]
+    pub listing_share: f64,
+    /// Gateway cache entries (0: cache off).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub cache_entries: u64,
+}
+
+pub async fn command(args: ReadsArgs) -> Result<(), crate::BenchError> {
+    let target = args.target.target();
+    let shape = Shape {
+        connections: args.connections.max(1),
+        duration: Duration::from_secs(args.seconds),
+        max_requests: args.max_requests,
+        rate: None,
+        zipf: args.zipf,
+        records: args.records,
+        unknown_share: args.unknown_share,
+        bulk_share: args.bulk_share,
+        listing_share: args.listing_share,
+        rewritten: 0,
+    };
+    let run = ReadsRun {
+        shape,
+        open_loop_shares: &[0.25, 0.5, 0.75, 0.9],
+        cache_entries: args.cache_entries,
+        seed: 0x5eed,
+        answered: Default::default(),
+    };
+    let runs = self::run(&target, run).await?;
+    crate::report::print_traffic(&runs);
+    let wrong: u64 = runs.iter().map(|r| r.wrong + r.failed).sum();
+    if wrong > 0 {
+        let first = runs.iter().find_map(|r| r.first_wrong.clone());
+        return Err(crate::BenchError::Check(format!(
+            "{wrong} wrong or failed answers; first: {}",
+            first.unwrap_or_else(|| "a connection failed".into())
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,3 +158,50 @@ async fn measure(
         publish_per_sec,
     })
 }
+
+#[derive(Debug, clap::Args)]
+pub struct WriteBenchArgs {
+    #[command(flatten)]
+    pub target: crate::env::TargetArgs,
+    /// Single-op messages per scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pub single_messages: usize,
+    /// Bulk messages per scenario.
+    #[arg(long, default_value_t = 100)]
+    pub bulk_messages: usize,
+    /// Ops in each bulk message.
+    #[arg(long, default_value_t = 1_000)]
+    pub bulk_ops: usize,
+    /// Worker counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub workers: Vec<usize>,
+    /// Longest a scenario may take to drain, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub limit_secs: u64,
+}
+
+pub async fn command(args: WriteBenchArgs) -> Result<(), crate::BenchError> {
+    let target = args.target.target();
+    let limit = Duration::from_secs(args.limit_secs);
+    let queue = crate::baseline::quorum_queue(&target, args.single_messages).await?;
+    let upsert =
+        crate::baseline::upsert_rows_per_sec(&target, args.bulk_messages * args.bulk_ops).await?;
+    let mut runs = Vec::new();
+    for (ops_per_message, messages) in [
+        (1, args.single_messages),
+        (args.bulk_ops, args.bulk_messages),
+    ] {
+        for &workers in &args.workers {
+            let scenario = Scenario {
+                ops_per_message,
+                messages,
+                workers,
+                batch_max_messages: None,
+            };
+            eprintln!("running {ops_per_message}-op messages x{messages}, {workers} worker(s)");
+            runs.push(run(&target, scenario, limit).await?);
+        }
+    }
+    crate::report::print_writes(queue, upsert, &runs);
+    Ok(())
+}

@@ -634,6 +634,139 @@ fn report_examples<T: std::fmt::Display>(what: &str, items: impl Iterator<Item =
     }
 }
 
+#[derive(Debug, clap::Args)]
+pub struct WritesArgs {
+    #[command(flatten)]
+    pub target: crate::env::TargetArgs,
+    /// Workers started on the scratch stack (not with --database-url).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Check a running stack instead of a scratch one: its database URL as
+    /// the owner or an admin (receipts and records are only read). Needs
+    /// --prefix, and an --amqp-url that may publish to `<prefix>.writes`
+    /// and read `<prefix>.writes.dead` (e.g. a worker's).
+    #[arg(long, requires = "prefix")]
+    pub database_url: Option<String>,
+    /// The running stack's prefix (with --database-url).
+    #[arg(long, requires = "database_url")]
+    pub prefix: Option<String>,
+    /// Distinct valid writes published.
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: usize,
+    /// Share of the writes that carry --bulk-ops ops (at least one if > 0).
+    #[arg(long, default_value_t = 0.005)]
+    pub bulk_share: f64,
+    /// Ops in a bulk write.
+    #[arg(long, default_value_t = 1_000)]
+    pub bulk_ops: usize,
+    /// Share of the writes published twice (same id and body).
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicate_share: f64,
+    /// Share of ops that revoke.
+    #[arg(long, default_value_t = 0.1)]
+    pub revoke_share: f64,
+    /// Share of ops that delete.
+    #[arg(long, default_value_t = 0.05)]
+    pub delete_share: f64,
+    /// Invalid messages mixed in; each must be dead-lettered with its reason.
+    #[arg(long, default_value_t = 100)]
+    pub poison: usize,
+    /// Messages per second; as fast as confirms allow when absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Longest the run may take, publishing and waiting together.
+    #[arg(long, default_value_t = 120)]
+    pub max_seconds: u64,
+    /// Seed of the mix (printed with the results); random when absent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+pub async fn command(args: WritesArgs) -> Result<(), BenchError> {
+    let shares = [
+        args.bulk_share,
+        args.duplicate_share,
+        args.revoke_share,
+        args.delete_share,
+    ];
+    if shares.iter().any(|s| !(0.0..=1.0).contains(s))
+        || args.revoke_share + args.delete_share > 1.0
+    {
+        return Err(BenchError::Refused(
+            "shares are between 0 and 1, and --revoke-share + --delete-share at most 1".into(),
+        ));
+    }
+    if args.messages == 0 || !(1..=shared::write::MAX_OPS).contains(&args.bulk_ops) {
+        return Err(BenchError::Refused(
+            "--messages at least 1, --bulk-ops 1 to 10000".into(),
+        ));
+    }
+    crate::env::require_loopback("--amqp-url", &args.target.amqp_url)?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let settings = crate::mix::MixSettings {
+        messages: args.messages,
+        bulk_share: args.bulk_share,
+        bulk_ops: args.bulk_ops,
+        duplicate_share: args.duplicate_share,
+        revoke_share: args.revoke_share,
+        delete_share: args.delete_share,
+        poison: args.poison,
+        seed,
+    };
+    let bounds = Bounds {
+        rate: args.rate,
+        max: Duration::from_secs(args.max_seconds),
+    };
+    let plan = Plan::new(settings, shared::domain::Timestamp::now())?;
+    eprintln!(
+        "run {} (seed {seed}): {} writes ({} ops), {} published twice, {} poison",
+        plan.run,
+        plan.writes.len(),
+        plan.ops(),
+        plan.duplicates(),
+        plan.poison.len()
+    );
+    let outcome = match (&args.database_url, &args.prefix) {
+        (Some(database_url), Some(prefix)) => {
+            crate::env::require_loopback("--database-url", database_url)?;
+            let prefix: Prefix = prefix
+                .parse()
+                .map_err(|e: String| BenchError::Refused(format!("--prefix: {e}")))?;
+            run_existing(
+                database_url,
+                &args.target.amqp_url,
+                &prefix,
+                &plan,
+                seed,
+                bounds,
+            )
+            .await?
+        }
+        _ => {
+            crate::env::require_loopback("--admin-url", &args.target.admin_url)?;
+            let target = args.target.target();
+            run_scratch(&target, args.workers, &plan, seed, bounds).await?
+        }
+    };
+    crate::report::print_check(&outcome);
+    if outcome.counts.any() {
+        return Err(BenchError::Check(
+            "the stack broke the contract (see the counts above)".into(),
+        ));
+    }
+    if outcome.timed_out {
+        return Err(BenchError::Timeout(format!(
+            "not every receipt arrived within {} s",
+            args.max_seconds
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -315,3 +315,56 @@ async fn firefox_reads(
         .map_err(|e| BenchError::Check(format!("throughput sampler: {e}")))?;
     Ok((runs?.iter().map(TrafficRow::from).collect(), points))
 }
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub target: crate::env::TargetArgs,
+    /// Every step at a few seconds (the test suite's size): checks
+    /// correctness and the report, not speed.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Report directory; target/loadtest/<UTC timestamp> when absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub async fn command(args: BenchArgs) -> Result<(), BenchError> {
+    crate::env::require_loopback("--amqp-url", &args.target.amqp_url)?;
+    crate::env::require_loopback("--admin-url", &args.target.admin_url)?;
+    let sizes = if args.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    let dir = args.out.unwrap_or_else(|| {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        PathBuf::from("target/loadtest").join(stamp)
+    });
+    let target = args.target.target();
+    let run = Run::new(dir, &sizes)?;
+    eprintln!("bench: report in {}", run.dir.display());
+    let outcome = tokio::select! {
+        result = self::run(&target, &sizes, &run) => result,
+        _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
+    };
+    // An interrupted step left its scratch database and broker names.
+    if let Err(e) = crate::env::drop_leftovers(&target).await {
+        eprintln!("bench: cleaning up after the interrupted step: {e}");
+    }
+    let label = match &outcome {
+        Ok(()) => "complete".to_string(),
+        Err(BenchError::Interrupted) => "interrupted (partial report)".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    let report = run.finish(&label)?;
+    println!("{}", report.markdown());
+    eprintln!("bench: report in {}", run.dir.display());
+    outcome?;
+    if !report.correct() {
+        return Err(BenchError::Check(
+            "a correctness count is not 0 (see the report)".into(),
+        ));
+    }
+    Ok(())
+}
