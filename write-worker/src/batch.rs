@@ -59,6 +59,15 @@ pub enum BatchError {
     Stopped,
 }
 
+/// How a commit ended once every transient failure was retried away: the
+/// one decision between acknowledging the writes and dead-lettering them.
+enum Commit {
+    /// Committed: every write may be acknowledged.
+    Done(Committed),
+    /// The database will never take these writes; the reason says why.
+    Refused(String),
+}
+
 /// A message to dead-letter.
 struct DeadLetter<'a> {
     received: &'a Received,
@@ -120,8 +129,8 @@ impl Processor<'_> {
         let ops: usize = writes.iter().map(|w| w.ops.len()).sum();
         let started = std::time::Instant::now();
         let committed = match self.commit_retrying(&writes, &rejected).await? {
-            Ok(committed) => committed,
-            Err(_) => {
+            Commit::Done(committed) => committed,
+            Commit::Refused(_) => {
                 self.isolate_refused(&writes, &sources, rejected, &mut dead)
                     .await?
             }
@@ -236,17 +245,17 @@ impl Processor<'_> {
         }
     }
 
-    /// Commits, retrying with backoff while the failure is transient. The
-    /// inner `Err` is a refusal's reason.
+    /// Commits, retrying with backoff while the failure is transient; `Err`
+    /// only when the worker stops first.
     async fn commit_retrying(
         &self,
         writes: &[WriteMessage],
         rejected: &[RejectedWrite],
-    ) -> Result<Result<Committed, String>, BatchError> {
+    ) -> Result<Commit, BatchError> {
         let mut pause = RETRY.0;
         loop {
             let error = match store::commit(self.pool, self.retention, writes, rejected).await {
-                Ok(committed) => return Ok(Ok(committed)),
+                Ok(committed) => return Ok(Commit::Done(committed)),
                 Err(error) => error,
             };
             let fault = faults::classify(&error);
@@ -257,7 +266,7 @@ impl Processor<'_> {
             match fault {
                 Fault::Refused(reason) => {
                     tracing::warn!(type = "batch.refused", error = %error, writes = writes.len(), "database refused a batch");
-                    return Ok(Err(reason));
+                    return Ok(Commit::Refused(reason));
                 }
                 Fault::Transient => {
                     tracing::warn!(type = "batch.retry", error = %error, retry_ms = pause.as_millis() as u64, "commit failed; retrying");
@@ -286,8 +295,8 @@ impl Processor<'_> {
                 .commit_retrying(std::slice::from_ref(write), &[])
                 .await?
             {
-                Ok(one) => merge(&mut merged, one),
-                Err(reason) => {
+                Commit::Done(one) => merge(&mut merged, one),
+                Commit::Refused(reason) => {
                     // The receipt keeps the dead letter's reason, code first,
                     // so a redelivery can tell a refusal from bad input.
                     let reason = format!("database_refused: {reason}");
@@ -305,8 +314,8 @@ impl Processor<'_> {
         }
         // Rejected receipts alone: nothing in them can be refused but by a bug.
         match self.commit_retrying(&[], &rejected).await? {
-            Ok(receipts) => merge(&mut merged, receipts),
-            Err(reason) => {
+            Commit::Done(receipts) => merge(&mut merged, receipts),
+            Commit::Refused(reason) => {
                 tracing::error!(type = "batch.refused", reason, "rejected receipts refused")
             }
         }
