@@ -10,6 +10,8 @@
 //! - `cluster`: a Postgres primary of the test's own (initdb on a free port),
 //!   which it may stop and start, and streaming replicas of it.
 //! - `model`: the seeded random write mix of the model-based tests.
+//! - `launch`: how a gateway or worker is started (program, arguments,
+//!   settings), for the tests and `loadtest`.
 //! - `process`: a real binary of the workspace, started and stopped by a test.
 //! - `proxy`: a TCP proxy to the broker that a test freezes or cuts.
 //! - `sentry`: a stand-in for Sentry's ingestion, recording what arrives.
@@ -20,6 +22,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod database;
+pub mod launch;
 pub mod model;
 pub mod policy;
 pub mod process;
@@ -30,6 +33,7 @@ pub mod sentry;
 pub use broker::{BrokerRole, BrokerUser, TestBroker};
 pub use cluster::{PgServer, TestCluster, TestReplica};
 pub use database::TestDb;
+pub use launch::Launch;
 pub use policy::BrokerPolicies;
 pub use process::{TestProcess, free_port, wait_for_http};
 pub use proxy::{ProxyMode, TcpProxy};

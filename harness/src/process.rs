@@ -17,16 +17,26 @@ impl TestProcess {
     /// `env` (none inherited, so the developer's own settings can't leak in).
     pub fn start(program: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args(args);
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("ADDONREG_")) {
             cmd.env_remove(key);
         }
         for (key, value) in env {
             cmd.env(key, value);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Starts a launch (see [`crate::launch::Launch`]).
+    pub fn launch(launch: &crate::launch::Launch) -> Self {
+        Self::spawn(launch.command())
+    }
+
+    /// Starts `cmd` with its stdout captured and stderr passed through.
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start process");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let lines = stdout.clone();

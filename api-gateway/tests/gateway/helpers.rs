@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use harness::{
-    TestBroker, TestCluster, TestDb, TestProcess, TestReplica, free_port, wait_for_http,
+    Launch, TestBroker, TestCluster, TestDb, TestProcess, TestReplica, free_port, wait_for_http,
 };
 
 /// A real `api-gateway` process and its two addresses.
@@ -28,16 +28,17 @@ pub async fn start_gateway_with(
     settings: &[(&str, String)],
 ) -> Gateway {
     let (public, admin) = (free_port(), free_port());
-    let mut env = vec![
-        ("ADDONREG_REPLICA_URLS", replica_urls.join(",")),
-        ("ADDONREG_LISTEN", format!("127.0.0.1:{public}")),
-        ("ADDONREG_METRICS_LISTEN", format!("127.0.0.1:{admin}")),
-        ("ADDONREG_PREFIX", prefix.to_string()),
-        ("ADDONREG_DB_ACQUIRE_TIMEOUT_MS", "500".to_string()),
-    ];
-    env.retain(|(key, _)| !settings.iter().any(|(k, _)| k == key));
-    env.extend(settings.iter().cloned());
-    let process = TestProcess::start(env!("CARGO_BIN_EXE_api-gateway"), &[], &env);
+    let launch = Launch::gateway(
+        env!("CARGO_BIN_EXE_api-gateway"),
+        replica_urls,
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        prefix,
+        public,
+    )
+    .set("ADDONREG_METRICS_LISTEN", &format!("127.0.0.1:{admin}"))
+    .set("ADDONREG_DB_ACQUIRE_TIMEOUT_MS", "500")
+    .settings(settings);
+    let process = TestProcess::launch(&launch);
     let gateway = Gateway {
         process,
         public: format!("http://127.0.0.1:{public}"),
@@ -147,44 +148,69 @@ pub async fn register(amo: &Amo, addon_id: &str, sha256: &str, version: &str) ->
     write_id
 }
 
-/// Starts the real `write-worker` binary against `database_url`. The
-/// gateway's tests can't name another package's binary, so this uses the
-/// workspace's `target/debug/write-worker`, building it only when missing:
-/// `cargo nextest run --workspace` has just built it, and a nested build
-/// from inside a test sees a different environment and would rebuild (and
-/// make the next outer build rebuild again) every time.
-pub fn start_worker(database_url: String, broker: &harness::TestBroker) -> TestProcess {
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| workspace.join("target"));
-    let binary = target.join("debug").join("write-worker");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "write-worker",
-                "--bin",
-                "write-worker",
-            ])
-            .current_dir(&workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(built.success(), "build write-worker");
+/// A real write worker, run in this test process on a thread and runtime of
+/// its own (no second binary to build), stopped by `terminate` or on drop.
+pub struct Worker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Stops it as SIGTERM would (the batch in hand is committed and
+    /// acknowledged) and waits until it has.
+    pub fn terminate(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("worker thread");
+        }
     }
-    TestProcess::start(
-        binary.to_str().expect("UTF-8 path"),
-        &[],
-        &[
-            ("ADDONREG_DATABASE_URL", database_url),
-            ("ADDONREG_AMQP_URL", broker.url.clone()),
-            ("ADDONREG_PREFIX", broker.prefix.to_string()),
-            ("ADDONREG_METRICS_LISTEN", "0".to_string()),
-        ],
-    )
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Starts a write worker committing to `database_url` and consuming the
+/// writes of `broker`'s prefix, with its admin listener off.
+pub fn start_worker(database_url: String, broker: &harness::TestBroker) -> Worker {
+    use clap::Parser;
+    let cli = write_worker::settings::Cli::try_parse_from([
+        "write-worker",
+        "--database-url",
+        &database_url,
+        "--amqp-url",
+        &broker.url,
+        "--prefix",
+        broker.prefix.as_str(),
+        "--metrics-listen",
+        "0",
+    ])
+    .expect("worker settings");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("worker runtime");
+        runtime.block_on(async move {
+            let app = write_worker::App::build(cli.settings)
+                .await
+                .expect("worker starts");
+            app.run(async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+    });
+    Worker {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
 }
 
 /// The value of one sample on the admin `/metrics` (0 when absent), e.g.
@@ -232,7 +258,7 @@ pub async fn wait_subscribed(gateway: &Gateway) {
 /// first, the cluster last.
 pub struct ReplicaStack {
     /// A real `write-worker` on the primary.
-    pub worker: TestProcess,
+    pub worker: Worker,
     /// Publishes as AMO does.
     pub amo: Amo,
     /// The test's broker prefix.

@@ -1,7 +1,7 @@
 //! What the worker's tests share on top of the harness.
 
 pub use harness::broker::{Amo, close_broker_connections, queue_depth};
-use harness::{TestBroker, TestDb, TestProcess};
+use harness::{Launch, TestBroker, TestDb, TestProcess};
 
 /// Starts the real `write-worker` binary against a test's database and broker.
 pub fn start_worker(
@@ -10,18 +10,20 @@ pub fn start_worker(
     metrics_port: u16,
     args: &[&str],
 ) -> TestProcess {
-    TestProcess::start(
+    TestProcess::launch(&worker(db, broker, metrics_port).args(args))
+}
+
+/// How [`start_worker`] launches a worker, for a test that adds settings.
+pub fn worker(db: &TestDb, broker: &TestBroker, metrics_port: u16) -> Launch {
+    Launch::worker(
         env!("CARGO_BIN_EXE_write-worker"),
-        args,
-        &[
-            ("ADDONREG_DATABASE_URL", db.url_as("addonreg_worker")),
-            ("ADDONREG_AMQP_URL", broker.url.clone()),
-            ("ADDONREG_PREFIX", broker.prefix.to_string()),
-            (
-                "ADDONREG_METRICS_LISTEN",
-                format!("127.0.0.1:{metrics_port}"),
-            ),
-        ],
+        &db.url_as("addonreg_worker"),
+        &broker.url,
+        broker.prefix.as_str(),
+    )
+    .set(
+        "ADDONREG_METRICS_LISTEN",
+        &format!("127.0.0.1:{metrics_port}"),
     )
 }
 

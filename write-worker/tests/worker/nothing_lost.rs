@@ -29,17 +29,7 @@ fn worker_with(
     metrics_port: u16,
     env: &[(&str, String)],
 ) -> TestProcess {
-    let mut all = vec![
-        ("ADDONREG_DATABASE_URL", db.url_as("addonreg_worker")),
-        ("ADDONREG_AMQP_URL", broker.url.clone()),
-        ("ADDONREG_PREFIX", broker.prefix.to_string()),
-        (
-            "ADDONREG_METRICS_LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        ),
-    ];
-    all.extend(env.iter().cloned());
-    TestProcess::start(env!("CARGO_BIN_EXE_write-worker"), &[], &all)
+    TestProcess::launch(&worker(db, broker, metrics_port).settings(env))
 }
 
 /// The value of one metric line (name with labels), 0 when absent.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use harness::broker::is_access_refused;
-use harness::{BrokerRole, BrokerUser, TestBroker, TestDb, TestProcess, free_port};
+use harness::{BrokerRole, BrokerUser, Launch, TestBroker, TestDb, TestProcess, free_port};
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -287,19 +287,18 @@ async fn least_privilege_broker_users_carry_the_write_path_and_amo_only_publishe
         1,
     );
     let metrics_port = free_port();
-    let mut worker = TestProcess::start(
-        env!("CARGO_BIN_EXE_write-worker"),
-        &[],
-        &[
-            ("ADDONREG_DATABASE_URL", database_url),
-            ("ADDONREG_AMQP_URL", worker_user.url()),
-            ("ADDONREG_PREFIX", broker.prefix.to_string()),
-            (
-                "ADDONREG_METRICS_LISTEN",
-                format!("127.0.0.1:{metrics_port}"),
-            ),
-            ("ADDONREG_LOG", "debug".to_string()),
-        ],
+    let mut worker = TestProcess::launch(
+        &Launch::worker(
+            env!("CARGO_BIN_EXE_write-worker"),
+            &database_url,
+            &worker_user.url(),
+            broker.prefix.as_str(),
+        )
+        .set(
+            "ADDONREG_METRICS_LISTEN",
+            &format!("127.0.0.1:{metrics_port}"),
+        )
+        .set("ADDONREG_LOG", "debug"),
     );
     wait_declared(&broker).await;
     let tap_conn = broker.connect().await;
@@ -398,16 +397,14 @@ async fn a_worker_failing_to_connect_prints_no_password() {
         "postgres://addonreg_worker:{pg_password}@127.0.0.1:{}/nowhere",
         free_port()
     );
-    let mut worker = TestProcess::start(
-        env!("CARGO_BIN_EXE_write-worker"),
-        &[],
-        &[
-            ("ADDONREG_DATABASE_URL", database_url),
-            ("ADDONREG_AMQP_URL", amqp_url),
-            ("ADDONREG_PREFIX", broker.prefix.to_string()),
-            ("ADDONREG_METRICS_LISTEN", "0".to_string()),
-            ("ADDONREG_LOG", "debug".to_string()),
-        ],
+    let mut worker = TestProcess::launch(
+        &Launch::worker(
+            env!("CARGO_BIN_EXE_write-worker"),
+            &database_url,
+            &amqp_url,
+            broker.prefix.as_str(),
+        )
+        .set("ADDONREG_LOG", "debug"),
     );
     let secrets = [
         wrong_amqp.as_str(),
