@@ -36,9 +36,9 @@ pub enum StartError {
     Bind {
         /// Which listener.
         what: &'static str,
-        /// Where.
+        /// The address that was asked for.
         addr: SocketAddr,
-        /// Why.
+        /// The OS's refusal (in use, no permission, no such interface).
         source: std::io::Error,
     },
     /// A metric could not be registered (a bug: names are constants).

@@ -19,7 +19,7 @@ use crate::routes::only;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// Fine.
+    /// Every check passed.
     Ok,
     /// Degraded but serving.
     Warning,

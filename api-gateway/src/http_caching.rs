@@ -5,9 +5,9 @@
 use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use headers::{HeaderMapExt, IfModifiedSince, LastModified};
+use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, LastModified};
 use sha2::{Digest, Sha256};
-use warp::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH, LAST_MODIFIED};
+use warp::http::header::{CACHE_CONTROL, ETAG, LAST_MODIFIED};
 use warp::http::{HeaderMap, HeaderValue};
 
 use shared::domain::Timestamp;
@@ -92,10 +92,10 @@ impl Validators {
         }
     }
 
-    /// The `ETag` without its quotes.
-    fn opaque(&self) -> &[u8] {
-        let quoted = self.etag.as_bytes();
-        &quoted[1..quoted.len() - 1]
+    /// The `ETag` as `headers` compares it; parsed only for conditional
+    /// requests, so a plain hit keeps sending the ready header value.
+    fn entity_tag(&self) -> Option<ETag> {
+        self.etag.to_str().ok()?.parse().ok()
     }
 
     /// Sets `ETag` and `Last-Modified`.
@@ -108,8 +108,8 @@ impl Validators {
 /// The preconditions of a GET or HEAD.
 #[derive(Debug, Clone, Default)]
 pub struct Preconditions {
-    /// Every `If-None-Match` line (an entity-tag list, or `*`).
-    if_none_match: Vec<HeaderValue>,
+    /// `If-None-Match` (all its lines: an entity-tag list, or `*`).
+    if_none_match: Option<IfNoneMatch>,
     /// `If-Modified-Since`, when it is one valid HTTP date.
     if_modified_since: Option<IfModifiedSince>,
 }
@@ -119,7 +119,7 @@ impl Preconditions {
     /// `If-Modified-Since` is ignored, as RFC 9110 says.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         Self {
-            if_none_match: headers.get_all(IF_NONE_MATCH).iter().cloned().collect(),
+            if_none_match: headers.typed_get(),
             if_modified_since: headers.typed_get(),
         }
     }
@@ -127,43 +127,16 @@ impl Preconditions {
     /// Whether the client's copy is current, so the answer is a 304. When
     /// `If-None-Match` is present it alone decides (RFC 9110 §13.2.2).
     pub fn not_modified(&self, current: &Validators) -> bool {
-        if !self.if_none_match.is_empty() {
-            return self
-                .if_none_match
-                .iter()
-                .any(|line| etag_list_matches(line.as_bytes(), current.opaque()));
+        // Weak comparison (`W/"x"` matches `"x"`); malformed tags in the
+        // list are skipped.
+        if let Some(if_none_match) = &self.if_none_match {
+            return current
+                .entity_tag()
+                .is_some_and(|tag| !if_none_match.precondition_passes(&tag));
         }
         self.if_modified_since
             .as_ref()
             .is_some_and(|since| !since.is_modified(current.last_modified))
-    }
-}
-
-/// Whether an `If-None-Match` line (`*`, or entity tags separated by
-/// commas) names `opaque`, with the weak comparison (`W/"x"` matches `"x"`).
-/// Parsing stops at the first malformed tag.
-fn etag_list_matches(mut line: &[u8], opaque: &[u8]) -> bool {
-    loop {
-        while let [b' ' | b'\t' | b',', rest @ ..] = line {
-            line = rest;
-        }
-        if line.is_empty() {
-            return false;
-        }
-        if line[0] == b'*' {
-            return true;
-        }
-        let tag = line.strip_prefix(b"W/").unwrap_or(line);
-        let Some(tag) = tag.strip_prefix(b"\"") else {
-            return false;
-        };
-        let Some(end) = tag.iter().position(|&c| c == b'"') else {
-            return false;
-        };
-        if &tag[..end] == opaque {
-            return true;
-        }
-        line = &tag[end + 1..];
     }
 }
 
@@ -189,37 +162,50 @@ mod tests {
         let a = Validators::of(br#"{"updated_at":"2026-11-22T10:00:00.000001Z"}"#, t);
         let b = Validators::of(br#"{"updated_at":"2026-11-22T10:00:00.000002Z"}"#, t);
         assert_ne!(a.etag, b.etag);
-        assert_eq!(a.opaque().len(), 32);
+        let opaque = &a.etag.as_bytes()[1..33];
+        assert_eq!(a.etag.as_bytes()[33..], *b"\"");
         assert!(
-            a.opaque()
+            opaque
                 .iter()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
         let mut headers = HeaderMap::new();
         a.write(&mut headers);
         assert_eq!(headers[ETAG], a.etag);
-        assert_eq!(headers[ETAG].as_bytes()[1..33], *a.opaque());
         assert_eq!(headers["last-modified"], "Sun, 22 Nov 2026 10:00:00 GMT");
     }
 
     #[test]
     fn if_none_match_lists() {
         let v = Validators::of(b"x", at("2026-11-22T10:00:00Z"));
-        let opaque = String::from_utf8(v.opaque().to_vec()).unwrap();
-        let quoted = format!("\"{opaque}\"");
+        let quoted = v.etag.to_str().unwrap().to_string();
+        let opaque = quoted.trim_matches('"').to_string();
         let matching = [
-            quoted.clone(),
-            format!("W/{quoted}"),
-            format!("\"other\", {quoted}"),
-            format!("\"a,b\" ,\t{quoted}"),
-            "*".to_string(),
+            vec![quoted.clone()],
+            vec![format!("W/{quoted}")],
+            vec![format!("\"other\", {quoted}")],
+            vec![format!("\"a,b\" ,\t{quoted}")],
+            vec![format!("garbage, {quoted}")],
+            vec!["\"other\"".to_string(), quoted.clone()],
+            vec!["*".to_string()],
         ];
-        for line in &matching {
-            assert!(etag_list_matches(line.as_bytes(), v.opaque()), "{line}");
+        for lines in &matching {
+            assert!(if_none_match(lines).not_modified(&v), "{lines:?}");
         }
         for line in ["\"other\"", "", "garbage", &opaque, "\"unterminated"] {
-            assert!(!etag_list_matches(line.as_bytes(), v.opaque()), "{line}");
+            assert!(
+                !if_none_match(&[line.to_string()]).not_modified(&v),
+                "{line}"
+            );
         }
+    }
+
+    fn if_none_match(lines: &[String]) -> Preconditions {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append("if-none-match", HeaderValue::from_str(line).unwrap());
+        }
+        Preconditions::from_headers(&headers)
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl Retention {
         }
     }
 
-    /// The length.
+    /// How long an op is kept behind its pair's newest one.
     pub fn duration(&self) -> Duration {
         self.0
     }

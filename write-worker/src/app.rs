@@ -29,9 +29,9 @@ pub enum StartError {
     /// The admin listener could not be bound.
     #[error("cannot listen on {addr} (ADDONREG_METRICS_LISTEN): {source}")]
     Bind {
-        /// Where.
+        /// The address that was asked for.
         addr: SocketAddr,
-        /// Why.
+        /// The OS's refusal (in use, no permission, no such interface).
         source: std::io::Error,
     },
 }

@@ -78,7 +78,7 @@ struct DeadLetter<'a> {
 
 /// What processing needs besides the batch.
 pub struct Processor<'a> {
-    /// The primary.
+    /// The primary, where the batch commits.
     pub pool: &'a PgPool,
     /// How far behind its pair's newest op an op is kept.
     pub retention: Retention,

@@ -25,11 +25,11 @@ const SESSION_PAUSE: Duration = Duration::from_millis(500);
 
 /// Everything a consumer needs.
 pub struct Consumer {
-    /// The primary.
+    /// The primary, where batches commit.
     pub pool: PgPool,
-    /// The broker.
+    /// The broker, reconnected to after every lost session.
     pub amqp_url: Secret,
-    /// The names.
+    /// The queue and exchange names under the deployment's prefix.
     pub topology: Topology,
     /// Batch sizes and waits.
     pub batch: BatchSettings,
