@@ -37,6 +37,7 @@ async fn faults_lose_nothing_apply_nothing_twice_and_reads_recover() {
         records: 500,
         gateways: 1,
         workers: 2,
+        broker_nodes: 1,
         recovery_limit: Duration::from_secs(60),
         drain_limit: Duration::from_secs(60),
         bin_dir: debug_bin_dir(),
