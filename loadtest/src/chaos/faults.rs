@@ -549,7 +549,7 @@ async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError
                 // clients moved to another node (measured, not promised:
                 // a gateway re-subscribing drops its cache and reads
                 // replicas until then).
-                failover(ctx, scenario, start).await?;
+                failover(ctx, scenario, Instant::now()).await?;
                 sample_during(ctx, scenario, false, start + fault).await?;
                 tokio::time::sleep_until((start + fault).into()).await;
                 if let Some(now) = stack.writes_replicas().await {
@@ -619,9 +619,9 @@ async fn writes_replicas(
         .ok_or_else(|| BenchError::Check("rabbitmqctl list_queues did not answer".into()))
 }
 
-/// Times a probe write published right after the node(s) stopped, from
-/// `since` to its receipt and gateway-1 serving it: the failover's length
-/// as writers and readers see it.
+/// Times a probe write published once the node(s) stopped (`since`: the
+/// stop returned, the VM gone) to its receipt and gateway-1 serving it: the
+/// failover's length as writers and readers see it.
 async fn failover(ctx: &mut Ctx<'_>, scenario: Scenario, since: Instant) -> Result<(), BenchError> {
     let stack = ctx.stack;
     let mut probe = Probe::new(
@@ -643,11 +643,11 @@ async fn failover(ctx: &mut Ctx<'_>, scenario: Scenario, since: Instant) -> Resu
         .await;
     ctx.notes.push(match seen {
         Some((receipt, served)) => format!(
-            "failover: a write published as the node stopped was applied after {:.2} s and served after {:.2} s",
+            "failover: a write published once the node was down was applied after {:.2} s and served after {:.2} s",
             receipt.as_secs_f64(),
             served.as_secs_f64()
         ),
-        None => format!("failover: a write published as the node stopped was not served within {limit:?}"),
+        None => format!("failover: a write published once the node was down was not served within {limit:?}"),
     });
     Ok(())
 }
