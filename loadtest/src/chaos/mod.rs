@@ -4,7 +4,7 @@
 //!
 //! Layout:
 //! - `stack`: the stack (Postgres primary and streaming replica, a RabbitMQ
-//!   node, least-privilege users, release gateways and workers), its
+//!   node or a 3-node cluster, least-privilege users, release gateways and workers), its
 //!   faults' levers, and its teardown.
 //! - `load`: steady writes (outage-tolerant publisher with confirms),
 //!   Firefox-shaped reads in measured windows, and the probe writes that
