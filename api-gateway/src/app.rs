@@ -126,7 +126,7 @@ impl App {
             check_every: Duration::from_millis(settings.replica_check_interval_ms),
             cache,
             subscription: invalidation::Subscription {
-                url: settings.amqp.url.clone(),
+                urls: settings.amqp.url.clone(),
                 heartbeat_secs: settings.amqp_heartbeat_secs,
                 topology: Topology::new(&settings.amqp.prefix),
                 // Named per prefix, so SREs (and tests) can find it.

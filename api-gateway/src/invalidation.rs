@@ -3,8 +3,9 @@
 //! `<prefix>.invalidations` and evicts (and fences) every key of every event.
 //!
 //! lapin does not reconnect by itself, so any failure (connecting, binding,
-//! the consumer stream ending) drops the session and starts over with
-//! exponential backoff. The exchange is not declared here (the gateway's
+//! the consumer stream ending) drops the session and starts over, on the
+//! next node when `ADDONREG_AMQP_URL` lists several, after a jittered
+//! backoff ([`shared::broker::Reconnect`]). The exchange is not declared here (the gateway's
 //! broker user may not); binding before a worker declared it fails and is
 //! retried the same way. The cache is told when the subscription starts
 //! (it drops everything: events were missed, and reads nothing older than
@@ -28,15 +29,13 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use shared::broker::{AmqpUrls, Reconnect};
 use shared::event::{InvalidationEvent, Lsn};
 use shared::settings::Secret;
 use shared::topology::{COMMITTED_AT_HEADER, REPLY_SUCCESS, Topology};
 
 use crate::cache::CacheControl;
 use crate::store::{ReadStore, StoreError};
-
-/// First and longest wait between subscription attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 
 /// Why a subscription ended.
 #[derive(Debug, Error)]
@@ -47,7 +46,7 @@ pub enum SubscriptionError {
     /// The consumer stream ended (connection or channel closed).
     #[error("consumer ended")]
     Ended,
-    /// `ADDONREG_AMQP_URL` does not parse.
+    /// A URL of `ADDONREG_AMQP_URL` does not parse as AMQP.
     #[error("broker URL: {0}")]
     Url(String),
     /// The primary's WAL position could not be read once bound.
@@ -59,8 +58,8 @@ pub enum SubscriptionError {
 /// position when it (re)subscribes.
 #[derive(Clone)]
 pub struct Subscription {
-    /// `ADDONREG_AMQP_URL`.
-    pub url: Secret,
+    /// `ADDONREG_AMQP_URL`: the broker's node(s).
+    pub urls: AmqpUrls,
     /// The AMQP heartbeat asked for, in seconds; 0 leaves it to the broker.
     pub heartbeat_secs: u16,
     /// Names under the prefix.
@@ -73,12 +72,14 @@ pub struct Subscription {
 
 /// Keeps the cache subscribed to invalidations until `stop` fires.
 pub async fn run(subscription: Subscription, cache: CacheControl, stop: CancellationToken) {
-    let mut wait = BACKOFF.0;
-    loop {
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => break,
-            outcome = subscribe(&subscription, &cache, &stop) => outcome,
-        };
+    let mut reconnect = Reconnect::new(subscription.urls.clone());
+    while let Some(connection) = reconnect
+        .connect("api-gateway invalidations", &stop, |url| {
+            connect(url, &subscription)
+        })
+        .await
+    {
+        let outcome = subscribe(connection, &subscription, &cache, &stop).await;
         let was_subscribed = cache.is_subscribed();
         cache.unsubscribed();
         match outcome {
@@ -86,43 +87,45 @@ pub async fn run(subscription: Subscription, cache: CacheControl, stop: Cancella
             Err(e) => tracing::warn!(
                 type = "invalidation.unsubscribed",
                 error = %e,
-                retry_ms = wait.as_millis() as u64,
                 "not subscribed to invalidations"
             ),
         }
-        if was_subscribed {
-            wait = BACKOFF.0;
+        if !reconnect.lost(was_subscribed, &stop).await {
+            break;
         }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(BACKOFF.1);
     }
     cache.unsubscribed();
 }
 
-/// One session: connect, bind, consume until it fails or `stop` fires.
-async fn subscribe(
+/// A connection to one node, asking for the configured heartbeat.
+async fn connect(
+    url: Secret,
     subscription: &Subscription,
-    cache: &CacheControl,
-    stop: &CancellationToken,
-) -> Result<(), SubscriptionError> {
-    let mut uri: AMQPUri = subscription
-        .url
-        .expose()
-        .parse()
-        .map_err(SubscriptionError::Url)?;
+) -> Result<Connection, SubscriptionError> {
+    let mut uri: AMQPUri = url.expose().parse().map_err(SubscriptionError::Url)?;
     if subscription.heartbeat_secs > 0 {
         uri.query.heartbeat = Some(subscription.heartbeat_secs);
     }
-    let connection = Connection::connect_uri(
+    Ok(Connection::connect_uri(
         uri,
         ConnectionProperties::default()
             .with_connection_name(subscription.connection_name.as_str().into()),
     )
-    .await?;
-    let outcome = consume(&connection, subscription, cache, stop).await;
+    .await?)
+}
+
+/// One session: bind, consume until it fails or `stop` fires, close.
+async fn subscribe(
+    connection: Connection,
+    subscription: &Subscription,
+    cache: &CacheControl,
+    stop: &CancellationToken,
+) -> Result<(), SubscriptionError> {
+    let outcome = tokio::select! {
+        biased;
+        _ = stop.cancelled() => Ok(()),
+        outcome = consume(&connection, subscription, cache, stop) => outcome,
+    };
     let _ = connection
         .close(REPLY_SUCCESS, "gateway subscription ends".into())
         .await;

@@ -13,6 +13,8 @@
 //! - `launch`: how a gateway or worker is started (program, arguments,
 //!   settings), for the tests and `loadtest`.
 //! - `process`: a real binary of the workspace, started and stopped by a test.
+//! - `rabbit`, `rabbit_cluster`: RabbitMQ nodes of a test's own, alone or as a
+//!   three-node cluster, which it may stop and start.
 //! - `proxy`: a TCP proxy to the broker that a test freezes or cuts.
 //! - `sentry`: a stand-in for Sentry's ingestion, recording what arrives.
 //!
@@ -28,6 +30,7 @@ pub mod policy;
 pub mod process;
 pub mod proxy;
 pub mod rabbit;
+pub mod rabbit_cluster;
 pub mod sentry;
 
 pub use broker::{BrokerRole, BrokerUser, TestBroker};

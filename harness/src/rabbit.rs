@@ -36,6 +36,14 @@ impl RabbitNode {
     /// Starts a new node and waits until it accepts AMQP connections.
     /// Blocking (seconds): from async code, call it on a blocking thread.
     pub fn start() -> Self {
+        let node = Self::prepare();
+        node.restart();
+        node
+    }
+
+    /// A new node's directory, configuration and ports, not started yet
+    /// ([`RabbitNode::restart`] starts it).
+    pub fn prepare() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let dir = std::env::temp_dir().join(format!("addonreg-rabbit-{id}"));
         for sub in ["", "mnesia", "log"] {
@@ -61,14 +69,12 @@ impl RabbitNode {
                 .expect("run chown");
             assert!(status.success(), "chown the node's directory to rabbitmq");
         }
-        let node = Self {
+        Self {
             name: format!("addonreg-{id}@localhost"),
             dir,
             port: free_port(),
             dist_port: free_port(),
-        };
-        node.restart();
-        node
+        }
     }
 
     /// The node's Erlang name (`addonreg-<id>@localhost`), for `rabbitmqctl -n`.

@@ -10,6 +10,7 @@
 //! - `settings`: settings shared by the processes (flags and `ADDONREG_*`).
 //! - `db`: Postgres pools and the embedded migrations.
 //! - `topology`: the RabbitMQ names and their declaration.
+//! - `broker`: the broker's node URLs, and connecting with jittered backoff.
 //! - `telemetry`: MozLog JSON logs.
 //! - `sentry`: error reporting (errors and panics to Sentry, when configured).
 //! - `admin`: the metrics listener.
@@ -17,6 +18,7 @@
 //! - `version`: what `/__version__` answers.
 
 pub mod admin;
+pub mod broker;
 pub mod compaction;
 pub mod db;
 pub mod domain;

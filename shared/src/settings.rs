@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Args;
 use thiserror::Error;
 
+use crate::broker::AmqpUrls;
+
 /// A value that must never be printed: `Debug` and `Display` show `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -94,7 +96,8 @@ impl FromStr for OptionalListen {
 /// The RabbitMQ connection and naming.
 #[derive(Debug, Clone, Args)]
 pub struct AmqpSettings {
-    /// RabbitMQ URL. [env: ADDONREG_AMQP_URL]
+    /// RabbitMQ URL, or the URLs of the cluster's nodes, comma-separated:
+    /// a client moves to the next when its node goes away. [env: ADDONREG_AMQP_URL]
     #[arg(
         long = "amqp-url",
         env = "ADDONREG_AMQP_URL",
@@ -102,7 +105,7 @@ pub struct AmqpSettings {
         hide_env_values = true,
         hide_default_value = true
     )]
-    pub url: Secret,
+    pub url: AmqpUrls,
 
     /// Prefix of every exchange and queue name. [env: ADDONREG_PREFIX]
     #[arg(long = "prefix", env = "ADDONREG_PREFIX", default_value = "addonreg")]

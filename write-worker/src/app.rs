@@ -98,7 +98,7 @@ impl App {
         });
         let consumer = Consumer {
             pool: self.pool.clone(),
-            amqp_url: self.settings.amqp.url.clone(),
+            amqp_urls: self.settings.amqp.url.clone(),
             topology,
             batch: self.settings.batch.clone(),
             metrics: self.metrics,

@@ -1,6 +1,7 @@
-//! The connections to RabbitMQ. lapin does not reconnect by itself: a lost
-//! connection ends its streams, so every user of the broker goes through
-//! [`connect_with_backoff`] again, which also re-declares the topology.
+//! The worker's session with RabbitMQ. lapin does not reconnect by itself:
+//! a lost connection ends its streams, so the consumer builds a new session
+//! through [`connect`], on the next node when there are several
+//! ([`shared::broker::Reconnect`]); the session re-declares the topology.
 //!
 //! Two connections: one consumes and acknowledges, the other publishes. A
 //! broker under a memory or disk alarm blocks every connection that publishes
@@ -12,11 +13,9 @@ use std::time::Duration;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
+use shared::broker::Reconnect;
 use shared::settings::Secret;
 use shared::topology::{REPLY_SUCCESS, Topology};
-
-/// First and longest wait between connection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(3));
 
 /// Longest wait for a channel or connection to close. A blocked connection
 /// never answers; it is then dropped, and the broker reads its close once
@@ -49,9 +48,9 @@ impl Session {
     }
 }
 
-/// Connects (both connections), opens the consuming channel and declares the
-/// topology, once.
-pub async fn connect(url: &Secret, topology: &Topology) -> lapin::Result<Session> {
+/// Connects (both connections, to one node), opens the consuming channel
+/// and declares the topology, once.
+pub async fn open(url: &Secret, topology: &Topology) -> lapin::Result<Session> {
     // Named per prefix, so SREs (and tests) can tell deployments apart.
     let name = |role: &str| {
         ConnectionProperties::default().with_connection_name(
@@ -77,27 +76,16 @@ pub async fn connect(url: &Secret, topology: &Topology) -> lapin::Result<Session
     })
 }
 
-/// Connects with exponential backoff until it succeeds or `stop` fires.
-pub async fn connect_with_backoff(
-    url: &Secret,
+/// Opens a session on the first node that takes it, with backoff between
+/// rounds, until it succeeds or `stop` fires.
+pub async fn connect(
+    reconnect: &mut Reconnect,
     topology: &Topology,
     stop: &CancellationToken,
 ) -> Option<Session> {
-    let mut wait = BACKOFF.0;
-    loop {
-        match connect(url, topology).await {
-            Ok(session) => {
-                tracing::info!(type = "broker.connected", "connected to RabbitMQ");
-                return Some(session);
-            }
-            Err(e) => {
-                tracing::warn!(type = "broker.unavailable", error = %e, retry_ms = wait.as_millis() as u64, "cannot reach RabbitMQ");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(BACKOFF.1);
-    }
+    reconnect
+        .connect("write-worker", stop, |url| async move {
+            open(&url, topology).await
+        })
+        .await
 }

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use shared::settings::Secret;
+use shared::broker::{AmqpUrls, Reconnect};
 use shared::topology::Topology;
 
 use crate::batch::{BatchError, Processor, Received};
@@ -19,16 +19,17 @@ use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::settings::BatchSettings;
 
-/// Pause after a session failed right after connecting, so that a broker
-/// refusing us does not become a hot loop.
-const SESSION_PAUSE: Duration = Duration::from_millis(500);
+/// A session that lasted this long worked: the reconnect backoff starts
+/// over. A shorter one (a broker refusing us right after connecting) lets
+/// the waits grow, so that it does not become a hot loop.
+const STEADY: Duration = Duration::from_secs(1);
 
 /// Everything a consumer needs.
 pub struct Consumer {
     /// The primary, where batches commit.
     pub pool: PgPool,
-    /// The broker, reconnected to after every lost session.
-    pub amqp_url: Secret,
+    /// The broker's node(s), reconnected to after every lost session.
+    pub amqp_urls: AmqpUrls,
     /// The queue and exchange names under the deployment's prefix.
     pub topology: Topology,
     /// Batch sizes and waits.
@@ -61,12 +62,12 @@ impl Consumer {
             );
         }
         let mut first = true;
-        while let Some(session) =
-            broker::connect_with_backoff(&self.amqp_url, &self.topology, stop).await
-        {
+        let mut reconnect = Reconnect::new(self.amqp_urls.clone());
+        while let Some(session) = broker::connect(&mut reconnect, &self.topology, stop).await {
             if !std::mem::take(&mut first) {
                 self.metrics.reconnects.inc();
             }
+            let started = Instant::now();
             let result = self.consume(&session, stop).await;
             session.close().await;
             match result {
@@ -75,9 +76,8 @@ impl Consumer {
                     tracing::warn!(type = "broker.session_lost", error = %e, "broker session lost; reconnecting")
                 }
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(SESSION_PAUSE) => {}
+            if !reconnect.lost(started.elapsed() >= STEADY, stop).await {
+                return;
             }
         }
     }

@@ -551,8 +551,9 @@ struct DeadQueue {
 
 impl DeadQueue {
     async fn open(amqp: &AmqpSettings) -> Result<Self, DlqError> {
+        // One node: a cluster serves the dead queue from any of them.
         let connecting = Connection::connect(
-            amqp.url.expose(),
+            amqp.url.first().expose(),
             ConnectionProperties::default().with_connection_name("addonreg-dlq".into()),
         );
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)

@@ -431,6 +431,10 @@ async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError
             stack.replay(false).await?;
             Ok(timed(lift))
         }
+        Scenario::GatewayBrokerSilent if stack.broker_nodes() > 1 => Err(BenchError::Refused(
+            "gateway-broker-silent needs a one-node stack (its proxy is in front of one node)"
+                .into(),
+        )),
         Scenario::GatewayBrokerSilent => {
             let start = Instant::now();
             stack.freeze_gateway_broker(true);
@@ -499,7 +503,153 @@ async fn inject(ctx: &mut Ctx<'_>, scenario: Scenario) -> Result<f64, BenchError
             Ok(0.0)
         }
         Scenario::Soak => Err(BenchError::Refused("soak is not a fault".into())),
+        Scenario::ClusterLeaderStop
+        | Scenario::ClusterFollowerStop
+        | Scenario::ClusterMajorityStop => {
+            let replicas = writes_replicas(ctx).await?;
+            let Some(leader) = replicas.leader else {
+                return Err(BenchError::Check("the writes queue has no leader".into()));
+            };
+            let follower = replicas
+                .members
+                .iter()
+                .copied()
+                .find(|&m| m != leader)
+                .ok_or_else(|| BenchError::Check("the writes queue has no follower".into()))?;
+            let victims = match scenario {
+                Scenario::ClusterLeaderStop => vec![leader],
+                Scenario::ClusterFollowerStop => vec![follower],
+                _ => vec![follower, leader],
+            };
+            let start = Instant::now();
+            for &victim in &victims {
+                stack.stop_node(victim).await?;
+            }
+            ctx.notes.push(format!(
+                "stopped {} (writes queue: leader on node-{}, members on {})",
+                victims
+                    .iter()
+                    .map(|v| format!("node-{}", v + 1))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                leader + 1,
+                replicas
+                    .members
+                    .iter()
+                    .map(|m| format!("node-{}", m + 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            if scenario == Scenario::ClusterMajorityStop {
+                // No majority, no confirms: nothing to sample but the wait.
+                tokio::time::sleep_until((start + fault).into()).await;
+            } else {
+                // The queue keeps its majority: writes go on through the
+                // fault. How long the failover took, and freshness while
+                // clients moved to another node (measured, not promised:
+                // a gateway re-subscribing drops its cache and reads
+                // replicas until then).
+                failover(ctx, scenario, Instant::now()).await?;
+                sample_during(ctx, scenario, false, start + fault).await?;
+                tokio::time::sleep_until((start + fault).into()).await;
+                if let Some(now) = stack.writes_replicas().await {
+                    ctx.notes.push(format!(
+                        "during the fault: leader on {}",
+                        now.leader
+                            .map_or("none".into(), |l| format!("node-{}", l + 1))
+                    ));
+                }
+            }
+            let lift = Instant::now();
+            stack.start_broker().await?;
+            Ok(timed(lift))
+        }
+        Scenario::ClusterRollingRestart => {
+            // Each node down for a third of the fault, one after another,
+            // as an upgrade would; the next only once the writes queue has
+            // a leader again.
+            let nodes = stack.broker_nodes();
+            let down = fault / nodes as u32;
+            let mut restore = 0.0;
+            for i in 0..nodes {
+                let start = Instant::now();
+                stack.stop_node(i).await?;
+                tokio::time::sleep_until((start + down).into()).await;
+                let lift = Instant::now();
+                stack.start_node(i).await?;
+                restore += timed(lift);
+                let until = Instant::now() + ctx.settings.recovery_limit;
+                while !stack
+                    .writes_replicas()
+                    .await
+                    .is_some_and(|r| r.leader.is_some() && r.members.len() == nodes)
+                {
+                    if Instant::now() > until {
+                        return Err(BenchError::Timeout(format!(
+                            "the writes queue had no leader after node-{} restarted",
+                            i + 1
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                ctx.notes.push(format!(
+                    "node-{} stopped for {:.1} s, back in {:.1} s",
+                    i + 1,
+                    down.as_secs_f64(),
+                    lift.elapsed().as_secs_f64()
+                ));
+            }
+            Ok(restore)
+        }
     }
+}
+
+/// Where the writes queue's replicas are; refused on a one-node stack.
+async fn writes_replicas(
+    ctx: &Ctx<'_>,
+) -> Result<harness::rabbit_cluster::QueueReplicas, BenchError> {
+    if ctx.stack.broker_nodes() < 3 {
+        return Err(BenchError::Refused(
+            "a cluster scenario needs 3 RabbitMQ nodes".into(),
+        ));
+    }
+    ctx.stack
+        .writes_replicas()
+        .await
+        .ok_or_else(|| BenchError::Check("rabbitmqctl list_queues did not answer".into()))
+}
+
+/// Times a probe write published once the node(s) stopped (`since`: the
+/// stop returned, the VM gone) to its receipt and gateway-1 serving it: the
+/// failover's length as writers and readers see it.
+async fn failover(ctx: &mut Ctx<'_>, scenario: Scenario, since: Instant) -> Result<(), BenchError> {
+    let stack = ctx.stack;
+    let mut probe = Probe::new(
+        scenario.name(),
+        &stack.amo_url,
+        &stack.topology.writes_exchange,
+    );
+    let limit = ctx.settings.recovery_limit;
+    let (id, version) = probe.publish(since + limit).await?;
+    let seen = probe
+        .sightings(
+            &stack.owner,
+            stack.gateway_addr(0),
+            &id,
+            &version,
+            since,
+            limit,
+        )
+        .await;
+    ctx.notes.push(match seen {
+        Some((receipt, served)) => format!(
+            "failover: a write published once the node was down was applied after {:.2} s and served after {:.2} s",
+            receipt.as_secs_f64(),
+            served.as_secs_f64()
+        ),
+        None => format!("failover: a write published once the node was down was not served within {limit:?}"),
+    });
+    Ok(())
 }
 
 fn read_stats(result: &mut ScenarioResult, reads: &Measured) {
@@ -548,7 +698,11 @@ async fn backfill(ctx: &mut Ctx<'_>) -> Result<String, BenchError> {
     let records = ctx.settings.backfill_records.max(1);
     let messages = records.div_ceil(OPS);
     let run = format!("backfill{:08x}", ctx.next_seed() as u32);
-    let connection = Connection::connect(&stack.amo_url, ConnectionProperties::default()).await?;
+    let connection = Connection::connect(
+        stack.amo_url.first().expose(),
+        ConnectionProperties::default(),
+    )
+    .await?;
     let publisher =
         crate::publish::Publisher::open(&connection, &stack.topology.writes_exchange, None).await?;
     let started = Instant::now();
@@ -711,12 +865,15 @@ pub async fn run(
 /// Waits for every plan's publisher, then its receipts, then checks.
 async fn finish(ctx: &mut Ctx<'_>, result: &mut ScenarioResult) -> Result<(), BenchError> {
     let mut published = Vec::new();
+    let (mut nacked, mut confirm_timeouts) = (0, 0);
     for (plan, handle) in std::mem::take(&mut ctx.plans) {
         let done = handle
             .await
             .map_err(|e| BenchError::Check(format!("publisher: {e}")))?;
         result.publishes += done.attempts;
         result.republished += done.retried;
+        nacked += done.nacked;
+        confirm_timeouts += done.confirm_timeouts;
         published.push((plan, done));
     }
     let sent: Vec<Sent<'_>> = published
@@ -742,6 +899,14 @@ async fn finish(ctx: &mut Ctx<'_>, result: &mut ScenarioResult) -> Result<(), Be
     result.counts = verify::check(&ctx.stack.owner, &sent, &letters).await?;
     result.unexpected_exits = ctx.stack.reap()?;
     result.notes.append(&mut ctx.notes);
+    if nacked + confirm_timeouts > 0 {
+        // Publishes the broker could not take, seen by the publisher (and
+        // published again): the visible failure AMO would see.
+        result.notes.push(format!(
+            "{nacked} publishes nacked and {confirm_timeouts} unconfirmed within {:?}, all published again",
+            super::load::CONFIRM_LIMIT
+        ));
+    }
     if !result.receipts_complete {
         result.notes.push(format!(
             "not every receipt arrived within {:?}",

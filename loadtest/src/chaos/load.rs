@@ -23,6 +23,10 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
+use tokio_util::sync::CancellationToken;
+
+use shared::broker::{AmqpUrls, Reconnect};
+use shared::settings::Secret;
 use shared::topology::WRITE_ROUTING_KEY;
 
 use crate::BenchError;
@@ -34,9 +38,9 @@ use crate::reads::{self, Measured, Shape};
 const WINDOW: usize = 500;
 /// Longest a confirm may take before the publish counts as failed (and is
 /// published again on a new connection).
-const CONFIRM_LIMIT: Duration = Duration::from_secs(15);
-/// Pause before reconnecting after a broken connection.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+pub const CONFIRM_LIMIT: Duration = Duration::from_secs(15);
+/// How often a publisher waiting for the broker looks at its stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// What a publisher did.
 #[derive(Debug, Clone, Default)]
@@ -49,23 +53,28 @@ pub struct Published {
     pub retried: u64,
     /// Messages never confirmed before the deadline.
     pub unconfirmed: u64,
+    /// Publishes the broker nacked (e.g. a queue without its majority).
+    pub nacked: u64,
+    /// Publishes whose confirm did not come within the limit.
+    pub confirm_timeouts: u64,
 }
 
-/// Publishes the whole `plan` to `exchange` on `url` at `rate` messages/s
-/// (or as fast as confirms allow), retrying until `deadline` or `stop`.
+/// Publishes the whole `plan` to `exchange` on `urls` (one node's, or a
+/// cluster's, comma-separated) at `rate` messages/s (or as fast as confirms
+/// allow), retrying until `deadline` or `stop`.
 pub fn spawn_publisher(
-    url: String,
+    urls: AmqpUrls,
     exchange: String,
     plan: Arc<Plan>,
     rate: Option<f64>,
     deadline: Instant,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Published> {
-    tokio::spawn(async move { publish(&url, &exchange, &plan, rate, deadline, &stop).await })
+    tokio::spawn(async move { publish(urls, &exchange, &plan, rate, deadline, &stop).await })
 }
 
-async fn open(url: &str) -> Result<(Connection, Channel), lapin::Error> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+async fn open(url: Secret) -> Result<(Connection, Channel), lapin::Error> {
+    let conn = Connection::connect(url.expose(), ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -73,8 +82,29 @@ async fn open(url: &str) -> Result<(Connection, Channel), lapin::Error> {
     Ok((conn, channel))
 }
 
+/// A connection and confirm channel on the first node of `reconnect` that
+/// takes one (waiting out the backoff between rounds), or `None` once
+/// `deadline` passed or `stop` is set.
+async fn open_any(
+    reconnect: &mut Reconnect,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Option<(Connection, Channel)> {
+    let token = CancellationToken::new();
+    let watch = async {
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            tokio::time::sleep(STOP_POLL).await;
+        }
+        token.cancel();
+    };
+    tokio::select! {
+        opened = reconnect.connect("loadtest publisher", &token, open) => opened,
+        () = watch => None,
+    }
+}
+
 async fn publish(
-    url: &str,
+    urls: AmqpUrls,
     exchange: &str,
     plan: &Plan,
     rate: Option<f64>,
@@ -88,19 +118,15 @@ async fn publish(
     let started = Instant::now();
     let window = rate.map_or(WINDOW, |r| ((r / 10.0) as usize).clamp(1, WINDOW));
     let mut session: Option<(Connection, Channel)> = None;
+    let mut reconnect = Reconnect::new(urls);
     let mut confirmed = vec![false; messages.len()];
     while (next < messages.len() || !retry.is_empty())
         && Instant::now() < deadline
         && !stop.load(Ordering::Relaxed)
     {
         if session.is_none() {
-            match tokio::time::timeout(Duration::from_secs(5), open(url)).await {
-                Ok(Ok(s)) => session = Some(s),
-                _ => {
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                    continue;
-                }
-            }
+            session = open_any(&mut reconnect, deadline, stop).await;
+            continue;
         }
         let Some((_, channel)) = session.as_ref() else {
             continue;
@@ -150,10 +176,19 @@ async fn publish(
                 }
             }
         }
+        let mut acked = false;
         for (i, confirm) in pending {
             match tokio::time::timeout(CONFIRM_LIMIT, confirm).await {
-                Ok(Ok(Confirmation::Ack(None))) => confirmed[i] = true,
-                _ => {
+                Ok(Ok(Confirmation::Ack(None))) => {
+                    confirmed[i] = true;
+                    acked = true;
+                }
+                outcome => {
+                    match outcome {
+                        Ok(Ok(Confirmation::Nack(_))) => done.nacked += 1,
+                        Err(_) => done.confirm_timeouts += 1,
+                        _ => {}
+                    }
                     retry.push_back(i);
                     broken = true;
                 }
@@ -164,7 +199,9 @@ async fn publish(
                 let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(0, "retry".into()))
                     .await;
             }
-            tokio::time::sleep(RECONNECT_PAUSE).await;
+            // Another node next: this one may have lost the queue's leader.
+            let token = CancellationToken::new();
+            reconnect.lost(acked, &token).await;
         }
     }
     if let Some((conn, _)) = session.take() {
@@ -280,19 +317,19 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, Bytes)> {
 pub struct Probe {
     addon: String,
     sha: String,
-    url: String,
+    reconnect: Reconnect,
     exchange: String,
     n: u32,
 }
 
 impl Probe {
     /// A new probe pair for `scenario`.
-    pub fn new(scenario: &str, amo_url: &str, exchange: &str) -> Self {
+    pub fn new(scenario: &str, amo_urls: &AmqpUrls, exchange: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Self {
             addon: format!("chaos-probe-{scenario}@loadtest"),
             sha: format!("{id}{id}"),
-            url: amo_url.to_string(),
+            reconnect: Reconnect::new(amo_urls.clone()),
             exchange: exchange.to_string(),
             n: 0,
         }
@@ -308,9 +345,13 @@ impl Probe {
         let body = json!({"v": 1, "write_id": write_id, "issued_at": issued_at,
             "ops": [{"op": "register", "addon_id": self.addon, "sha256": self.sha,
                      "version": version}]});
+        let never = AtomicBool::new(false);
         loop {
+            let Some((conn, channel)) = open_any(&mut self.reconnect, deadline, &never).await
+            else {
+                return Err(BenchError::Timeout("probe write never confirmed".into()));
+            };
             let sent = async {
-                let (conn, channel) = open(&self.url).await?;
                 let confirm = channel
                     .basic_publish(
                         self.exchange.as_str().into(),
@@ -327,16 +368,18 @@ impl Probe {
                     )
                     .await?
                     .await?;
-                let _ = conn.close(0, "probe".into()).await;
                 Ok::<bool, lapin::Error>(matches!(confirm, Confirmation::Ack(None)))
             };
-            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), sent).await {
+            let sent = tokio::time::timeout(Duration::from_secs(5), sent).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), conn.close(0, "probe".into())).await;
+            if let Ok(Ok(true)) = sent {
                 return Ok((write_id, version));
             }
             if Instant::now() > deadline {
                 return Err(BenchError::Timeout("probe write never confirmed".into()));
             }
-            tokio::time::sleep(RECONNECT_PAUSE).await;
+            self.reconnect.lost(false, &CancellationToken::new()).await;
         }
     }
 

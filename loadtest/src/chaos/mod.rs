@@ -4,7 +4,7 @@
 //!
 //! Layout:
 //! - `stack`: the stack (Postgres primary and streaming replica, a RabbitMQ
-//!   node, least-privilege users, release gateways and workers), its
+//!   node or a 3-node cluster, least-privilege users, release gateways and workers), its
 //!   faults' levers, and its teardown.
 //! - `load`: steady writes (outage-tolerant publisher with confirms),
 //!   Firefox-shaped reads in measured windows, and the probe writes that
@@ -62,11 +62,21 @@ pub enum Scenario {
     Burst,
     /// Mixed load for minutes, processes and queue sampled.
     Soak,
+    /// Cluster: the node hosting the writes queue's leader stopped for the
+    /// fault (a follower takes over).
+    ClusterLeaderStop,
+    /// Cluster: a node hosting only followers stopped for the fault.
+    ClusterFollowerStop,
+    /// Cluster: two of three nodes stopped (the queue loses its majority:
+    /// publishes are not confirmed until one returns).
+    ClusterMajorityStop,
+    /// Cluster: each node stopped and started again in turn.
+    ClusterRollingRestart,
 }
 
 impl Scenario {
     /// Every scenario, in the default order (the soak is not a default).
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::WorkerKill,
         Scenario::AllWorkersKill,
         Scenario::BrokerRestart,
@@ -81,7 +91,24 @@ impl Scenario {
         Scenario::Poison,
         Scenario::Burst,
         Scenario::Soak,
+        Scenario::ClusterLeaderStop,
+        Scenario::ClusterFollowerStop,
+        Scenario::ClusterMajorityStop,
+        Scenario::ClusterRollingRestart,
     ];
+
+    /// The scenarios that need a three-node broker cluster.
+    pub const CLUSTER: [Scenario; 4] = [
+        Scenario::ClusterLeaderStop,
+        Scenario::ClusterFollowerStop,
+        Scenario::ClusterMajorityStop,
+        Scenario::ClusterRollingRestart,
+    ];
+
+    /// Whether it needs a three-node broker cluster.
+    pub fn needs_cluster(self) -> bool {
+        Scenario::CLUSTER.contains(&self)
+    }
 
     /// Its name on the command line and in the report.
     pub fn name(self) -> &'static str {
@@ -100,6 +127,10 @@ impl Scenario {
             Scenario::Poison => "poison",
             Scenario::Burst => "burst",
             Scenario::Soak => "soak",
+            Scenario::ClusterLeaderStop => "cluster-leader-stop",
+            Scenario::ClusterFollowerStop => "cluster-follower-stop",
+            Scenario::ClusterMajorityStop => "cluster-majority-stop",
+            Scenario::ClusterRollingRestart => "cluster-rolling-restart",
         }
     }
 }
@@ -176,6 +207,10 @@ pub struct ChaosArgs {
     /// Workers.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// RabbitMQ nodes (1, or 3 for a cluster; the cluster-* scenarios
+    /// always run on 3).
+    #[arg(long, default_value_t = 1)]
+    pub broker_nodes: usize,
     /// Longest recovery waited for, in seconds.
     #[arg(long, default_value_t = 120)]
     pub recovery_limit_seconds: u64,
@@ -230,6 +265,8 @@ pub struct Settings {
     pub gateways: usize,
     /// Workers (at least 1).
     pub workers: usize,
+    /// RabbitMQ nodes (3 whenever a cluster scenario is asked for).
+    pub broker_nodes: usize,
     /// Longest recovery.
     pub recovery_limit: Duration,
     /// Longest wait for receipts.
@@ -262,6 +299,7 @@ impl From<ChaosArgs> for Settings {
             records: a.records,
             gateways: a.gateways,
             workers: a.workers,
+            broker_nodes: a.broker_nodes,
             recovery_limit: Duration::from_secs(a.recovery_limit_seconds),
             drain_limit: Duration::from_secs(a.drain_limit_seconds),
             bin_dir: a.bin_dir,
@@ -320,6 +358,11 @@ pub async fn run(
     if !(settings.write_rate > 0.0 && settings.read_rate > 0.0) {
         return Err(BenchError::Refused("rates are positive".into()));
     }
+    let broker_nodes = if settings.scenarios.iter().any(|s| s.needs_cluster()) {
+        settings.broker_nodes.max(3)
+    } else {
+        settings.broker_nodes.max(1)
+    };
     let started = chrono::Utc::now();
     let dir = settings
         .out_dir
@@ -331,7 +374,7 @@ pub async fn run(
         machine: crate::report::machine(),
         seed: settings.seed,
         settings: format!(
-            "fault {} s, calm {} s, {} writes/s ({}% of {} ops), {} reads/s, {} gateway(s), {} worker(s)",
+            "fault {} s, calm {} s, {} writes/s ({}% of {} ops), {} reads/s, {} gateway(s), {} worker(s), {} RabbitMQ node(s)",
             settings.fault.as_secs(),
             settings.lead.as_secs(),
             settings.write_rate,
@@ -339,7 +382,8 @@ pub async fn run(
             settings.bulk_ops,
             settings.read_rate,
             settings.gateways,
-            settings.workers
+            settings.workers,
+            broker_nodes
         ),
         scenarios: Vec::new(),
         soak: Vec::new(),
@@ -350,7 +394,7 @@ pub async fn run(
     tokio::pin!(interrupt);
     eprintln!("chaos: starting the stack (logs in {})", dir.display());
     let stack = tokio::select! {
-        stack = Stack::start(&settings.bin_dir, &dir, settings.gateways, settings.workers) => stack?,
+        stack = Stack::start(&settings.bin_dir, &dir, settings.gateways, settings.workers, broker_nodes) => stack?,
         () = &mut interrupt => {
             report.interrupted = true;
             report::write(&report)?;

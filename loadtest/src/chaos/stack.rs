@@ -1,6 +1,7 @@
 //! The chaos runner's own stack, on its own ports: a Postgres primary and a
 //! streaming replica (harness clusters, the schema migrated by the owner,
-//! the contract's roles), a RabbitMQ node of its own with the contract's
+//! the contract's roles), a RabbitMQ node of its own — or a cluster of
+//! three, every quorum queue with a member on each — with the contract's
 //! least-privilege users, and real release gateways and workers, each
 //! logging to a file in the run's directory. Everything is loopback only and
 //! torn down at the end.
@@ -11,13 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::broker::{BrokerRole, permissions_for};
-use harness::rabbit::RabbitNode;
+use harness::rabbit_cluster::{QueueReplicas, RabbitCluster};
 use harness::{TestCluster, TestDb, TestReplica};
 use lapin::{Connection, ConnectionProperties};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::process::{Child, Command};
 
+use shared::broker::AmqpUrls;
 use shared::settings::Prefix;
 use shared::topology::{REPLY_SUCCESS, Topology};
 
@@ -46,7 +48,7 @@ pub struct Proc {
 pub struct Stack {
     cluster: Arc<TestCluster>,
     replica: Arc<TestReplica>,
-    node: Arc<RabbitNode>,
+    broker: Arc<RabbitCluster>,
     db: Option<TestDb>,
     /// A pool on the primary as the owner (superuser): receipts, records,
     /// pg_stat_activity.
@@ -56,11 +58,13 @@ pub struct Stack {
     prefix: Prefix,
     worker_url: String,
     gateway_url: String,
-    /// Gateway-1's way to the broker, so that a fault can freeze it
-    /// silently (no FIN, no RST) while the others stay connected.
+    /// Gateway-1's way to the broker (on a one-node stack), so that a fault
+    /// can freeze it silently (no FIN, no RST) while the others stay
+    /// connected.
     gateway_proxy: harness::TcpProxy,
-    /// AMO's broker URL: it may only publish to `<prefix>.writes`.
-    pub amo_url: String,
+    /// AMO's broker URLs (every node's): it may only publish to
+    /// `<prefix>.writes`.
+    pub amo_url: AmqpUrls,
     bin_dir: PathBuf,
     logs: PathBuf,
     workers: Mutex<Vec<Proc>>,
@@ -95,12 +99,15 @@ fn password() -> String {
 
 impl Stack {
     /// Starts everything: ~20 s (initdb, base backup, a RabbitMQ boot,
-    /// three broker users), then `gateways` gateways and `workers` workers.
+    /// three broker users; ~40 s more for a cluster to form), then
+    /// `gateways` gateways and `workers` workers, all given every one of
+    /// the `broker_nodes` nodes' URLs.
     pub async fn start(
         bin_dir: &Path,
         logs: &Path,
         gateways: usize,
         workers: usize,
+        broker_nodes: usize,
     ) -> Result<Self, BenchError> {
         for bin in ["write-worker", "api-gateway"] {
             if !bin_dir.join(bin).exists() {
@@ -111,18 +118,22 @@ impl Stack {
             }
         }
         let prefix: Prefix = "chaos".parse().map_err(|e: String| BenchError::Check(e))?;
-        // The broker boots while Postgres is set up.
-        let node_task = tokio::task::spawn_blocking(RabbitNode::start);
+        // The broker boots (and forms) while Postgres is set up.
+        let node_task =
+            tokio::task::spawn_blocking(move || RabbitCluster::start(broker_nodes.max(1)));
         let cluster = Arc::new(TestCluster::start().await);
         let replica = Arc::new(cluster.start_replica().await);
         let db = TestDb::on(cluster.admin_options()).await;
-        let node = Arc::new(
+        let broker = Arc::new(
             node_task
                 .await
-                .map_err(|e| BenchError::Check(format!("RabbitMQ node: {e}")))?,
+                .map_err(|e| BenchError::Check(format!("RabbitMQ node(s): {e}")))?,
         );
+        let node = broker.nodes()[0].clone();
         let topology = Topology::new(&prefix);
-        // The topology, as infra would declare it (the workers do again).
+        // The topology, as infra would declare it (the workers do again),
+        // once the cluster is formed: the quorum queues get a member on
+        // every node.
         let admin = Connection::connect(&node.amqp_url(), ConnectionProperties::default()).await?;
         let channel = admin.create_channel().await?;
         topology.declare(&channel).await?;
@@ -136,7 +147,7 @@ impl Stack {
             (BrokerRole::Gateway, "chaos-gateway"),
         ] {
             let secret = password();
-            urls.push(node.url_for(user, &secret));
+            urls.push(broker.urls_for(user, &secret));
             let (node, prefix) = (node.clone(), prefix.to_string());
             tasks.push(tokio::task::spawn_blocking(move || {
                 node.add_user(user, &secret, &permissions_for(role, &prefix));
@@ -151,7 +162,9 @@ impl Stack {
             .acquire_timeout(Duration::from_secs(2))
             .connect_with(cluster.admin_options().database(db.name()))
             .await?;
-        let gateway_proxy = harness::TcpProxy::to_amqp(&urls[2]).await;
+        // In front of the first node (the only one, on a one-node stack).
+        let first_gateway_url = urls[2].split(',').next().unwrap_or_default();
+        let gateway_proxy = harness::TcpProxy::to_amqp(first_gateway_url).await;
         let stack = Self {
             owner,
             topology,
@@ -159,7 +172,9 @@ impl Stack {
             worker_url: urls[1].clone(),
             gateway_url: urls[2].clone(),
             gateway_proxy,
-            amo_url: urls[0].clone(),
+            amo_url: urls[0]
+                .parse()
+                .map_err(|e: String| BenchError::Check(format!("AMO's URLs: {e}")))?,
             bin_dir: bin_dir.to_path_buf(),
             logs: logs.to_path_buf(),
             workers: Mutex::new(Vec::new()),
@@ -168,7 +183,7 @@ impl Stack {
             db: Some(db),
             cluster,
             replica,
-            node,
+            broker,
         };
         for i in 0..workers {
             let p = stack.spawn(Kind::Worker, i)?;
@@ -188,9 +203,20 @@ impl Stack {
         self.db.as_ref().map_or("postgres", |d| d.name())
     }
 
-    /// The guest's URL: declares, reads and purges (the runner's own view).
+    /// The guest's URL on the first running node: declares, reads and
+    /// purges (the runner's own view).
     pub fn admin_amqp_url(&self) -> String {
-        self.node.amqp_url()
+        let nodes = self.broker.nodes();
+        nodes
+            .iter()
+            .find(|n| std::net::TcpStream::connect(("127.0.0.1", n.port())).is_ok())
+            .unwrap_or(&nodes[0])
+            .amqp_url()
+    }
+
+    /// How many RabbitMQ nodes the stack runs.
+    pub fn broker_nodes(&self) -> usize {
+        self.broker.nodes().len()
     }
 
     /// The database's name and the primary's superuser options.
@@ -233,7 +259,9 @@ impl Stack {
                     "ADDONREG_DATABASE_URL",
                     format!("postgres://addonreg_gateway@127.0.0.1:{primary}/{db}"),
                 ));
-                let amqp = if index == 0 {
+                // A cluster's nodes are not behind the proxy: gateway-1
+                // would land on it only by chance.
+                let amqp = if index == 0 && self.broker_nodes() == 1 {
                     self.gateway_proxy.url.clone()
                 } else {
                     self.gateway_url.clone()
@@ -371,23 +399,75 @@ impl Stack {
         Ok(exited)
     }
 
-    /// Stops the RabbitMQ node (data kept).
+    /// Stops every RabbitMQ node (data kept).
     pub async fn stop_broker(&self) -> Result<(), BenchError> {
-        let node = self.node.clone();
-        blocking("stop the broker", move || node.stop()).await
+        for i in 0..self.broker_nodes() {
+            self.stop_node(i).await?;
+        }
+        Ok(())
     }
 
-    /// Starts the RabbitMQ node again; returns once AMQP is accepted.
+    /// Starts every stopped RabbitMQ node again, side by side (a cluster's
+    /// nodes that all stopped wait for each other as they boot); returns
+    /// once each accepts AMQP.
     pub async fn start_broker(&self) -> Result<(), BenchError> {
-        let node = self.node.clone();
-        blocking("start the broker", move || node.restart()).await
+        let mut down = Vec::new();
+        for i in 0..self.broker_nodes() {
+            if !self.node_up(i).await {
+                down.push(i);
+            }
+        }
+        let starts: Vec<_> = down.into_iter().map(|i| self.start_node(i)).collect();
+        for result in futures_util::future::join_all(starts).await {
+            result?;
+        }
+        Ok(())
     }
 
-    /// Whether the broker accepts AMQP connections.
-    pub async fn broker_up(&self) -> bool {
-        tokio::net::TcpStream::connect(("127.0.0.1", self.node.port()))
+    /// Stops RabbitMQ node `index` (data kept).
+    pub async fn stop_node(&self, index: usize) -> Result<(), BenchError> {
+        let node = self.broker.nodes()[index].clone();
+        blocking("stop a broker node", move || node.stop()).await
+    }
+
+    /// Starts RabbitMQ node `index` again; returns once AMQP is accepted.
+    pub async fn start_node(&self, index: usize) -> Result<(), BenchError> {
+        let node = self.broker.nodes()[index].clone();
+        blocking("start a broker node", move || node.restart()).await
+    }
+
+    /// Whether RabbitMQ node `index` accepts AMQP connections.
+    pub async fn node_up(&self, index: usize) -> bool {
+        tokio::net::TcpStream::connect(("127.0.0.1", self.broker.nodes()[index].port()))
             .await
             .is_ok()
+    }
+
+    /// Whether every RabbitMQ node accepts AMQP connections.
+    pub async fn broker_up(&self) -> bool {
+        for i in 0..self.broker_nodes() {
+            if !self.node_up(i).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Where the writes queue's replicas are, asked of the first running
+    /// node (rabbitmqctl, on a blocking thread).
+    pub async fn writes_replicas(&self) -> Option<QueueReplicas> {
+        let mut via = None;
+        for i in 0..self.broker_nodes() {
+            if self.node_up(i).await {
+                via = Some(i);
+                break;
+            }
+        }
+        let (broker, queue) = (self.broker.clone(), self.topology.writes_queue.clone());
+        tokio::task::spawn_blocking(move || broker.replicas(via?, &queue))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Stops the primary (fast shutdown).
@@ -494,13 +574,14 @@ impl Stack {
         if let Some(db) = &self.db {
             db.owner.close().await;
         }
-        let (db, replica, cluster, node) = (self.db.take(), self.replica, self.cluster, self.node);
+        let (db, replica, cluster, broker) =
+            (self.db.take(), self.replica, self.cluster, self.broker);
         let _ = tokio::task::spawn_blocking(move || {
             // The database goes with its cluster: no need to drop it first.
             std::mem::forget(db);
             drop(replica);
             drop(cluster);
-            drop(node);
+            drop(broker);
         })
         .await;
     }

@@ -394,3 +394,38 @@ async fn a_broker_restart_loses_nothing() {
         .expect("reconnect counter");
     assert!(reconnects >= 1.0, "{reconnects}");
 }
+
+/// `ADDONREG_AMQP_URL` lists the cluster's nodes: nodes that refuse
+/// connections (two closed ports here) are skipped for one that answers,
+/// wherever the worker's random start falls.
+#[tokio::test]
+async fn a_worker_given_several_node_urls_skips_the_dead_ones() {
+    let (db, broker) = (TestDb::new().await, TestBroker::new());
+    let amo = Amo::connect(&broker).await;
+    let dead = |port: u16| format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let urls = format!("{},{},{}", dead(free_port()), broker.url, dead(free_port()));
+    let _worker = harness::TestProcess::start(
+        env!("CARGO_BIN_EXE_write-worker"),
+        &[],
+        &[
+            ("ADDONREG_DATABASE_URL", db.url_as("addonreg_worker")),
+            ("ADDONREG_AMQP_URL", urls),
+            ("ADDONREG_PREFIX", broker.prefix.to_string()),
+            ("ADDONREG_METRICS_LISTEN", "0".into()),
+        ],
+    );
+    let ids: Vec<String> = (0..5).map(|i| format!("listed-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        amo.publish(&write(
+            id,
+            &at(i as u32),
+            json!([{"op": "register", "addon_id": "a@x", "sha256": hash(i as u32)}]),
+        ))
+        .await;
+    }
+    let receipts = wait_for_receipts(&db, &ids, Duration::from_secs(30)).await;
+    assert!(
+        receipts.values().all(|(s, _)| s == "applied"),
+        "{receipts:?}"
+    );
+}
