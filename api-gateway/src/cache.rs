@@ -7,7 +7,8 @@
 //! `ADDONREG_CACHE_MAX_BYTES` (0 entries turns the cache off; fences stay).
 //! A found record is kept encoded ([`RecordAnswer`]: body and validators),
 //! so a hit costs no serialising or hashing. Concurrent misses for one key
-//! share one query (moka's `try_get_with`).
+//! share one fill (moka's `try_get_with`), and the fills of different keys
+//! running at once share one query ([`Misses`]).
 //!
 //! Freshness rests on invalidation events and on knowing how far each
 //! source has replayed ([`Fences`], `docs/freshness.md`). Each event fences
@@ -45,6 +46,7 @@ use shared::write::Pair;
 use crate::answer::RecordAnswer;
 use crate::fences::{Fences, Key};
 use crate::metrics::Metrics;
+use crate::misses::Misses;
 use crate::replicas::Replay;
 use crate::store::{Reads, StoreError};
 
@@ -294,6 +296,7 @@ impl CacheControl {
 #[derive(Clone)]
 pub struct CachedReads<R> {
     store: R,
+    misses: Misses<R>,
     shared: Arc<Shared>,
 }
 
@@ -318,7 +321,15 @@ impl<R: Reads> CachedReads<R> {
         let control = CacheControl {
             shared: shared.clone(),
         };
-        (Self { store, shared }, control)
+        let misses = Misses::new(store.clone(), shared.metrics.clone());
+        (
+            Self {
+                store,
+                misses,
+                shared,
+            },
+            control,
+        )
     }
 
     /// Queries the store for one key, from a source that has replayed what
@@ -327,20 +338,10 @@ impl<R: Reads> CachedReads<R> {
     async fn fill(&self, key: &Key, started: u64) -> Result<Entry, Fill> {
         let shared = &self.shared;
         let metrics = &shared.metrics;
-        let (addon_id, sha256) = key;
-        let record = match shared.fences.needed_for_key(key) {
-            None => {
-                metrics.store_queries.with_label_values(&["record"]).inc();
-                self.store.record(addon_id, sha256).await
-            }
-            Some(lsn) => {
-                metrics
-                    .store_queries
-                    .with_label_values(&["record_fenced"])
-                    .inc();
-                self.store.record_at_least(addon_id, sha256, lsn).await
-            }
-        };
+        // Read with the other keys missing now; freshness stays per key:
+        // the need below, and `changed_since` once the row is back.
+        let need = shared.fences.needed_for_key(key);
+        let record = self.misses.record(key.clone(), need).await;
         if matches!(record, Err(StoreError::Behind(_))) {
             metrics.cache_fill_discarded.inc();
         }
@@ -560,20 +561,24 @@ mod tests {
         (AddonId::parse("a@b").unwrap(), Sha256::from_bytes([7; 32]))
     }
 
+    fn record(a: &AddonId, s: &Sha256, version: &str) -> Record {
+        Record {
+            addon_id: a.clone(),
+            sha256: *s,
+            status: Status::Registered,
+            version: Some(shared::domain::Version::parse(version).unwrap()),
+            registered_at: None,
+            updated_at: Timestamp::from_utc(chrono::Utc::now()),
+        }
+    }
+
     impl Reads for SlowStore {
         async fn record(&self, a: &AddonId, s: &Sha256) -> Result<Option<Record>, StoreError> {
             self.queries.fetch_add(1, Ordering::SeqCst);
             // Read at the start, answer after the delay: a slow replica query.
             let version = *self.version.lock().unwrap();
             tokio::time::sleep(self.delay).await;
-            Ok(version.map(|v| Record {
-                addon_id: a.clone(),
-                sha256: *s,
-                status: Status::Registered,
-                version: Some(shared::domain::Version::parse(v).unwrap()),
-                registered_at: None,
-                updated_at: Timestamp::from_utc(chrono::Utc::now()),
-            }))
+            Ok(version.map(|v| record(a, s, v)))
         }
         async fn record_at_least(
             &self,
@@ -587,11 +592,24 @@ mod tests {
             self.record(a, s).await
         }
         async fn lookup(&self, keys: &[Key]) -> Result<Vec<Option<Record>>, StoreError> {
-            let mut out = Vec::new();
-            for (a, s) in keys {
-                out.push(self.record(a, s).await?);
+            // One query for every key, as the store's: read at the start.
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            let version = *self.version.lock().unwrap();
+            tokio::time::sleep(self.delay).await;
+            Ok(keys
+                .iter()
+                .map(|(a, s)| version.map(|v| record(a, s, v)))
+                .collect())
+        }
+        async fn lookup_at_least(
+            &self,
+            keys: &[Key],
+            lsn: Lsn,
+        ) -> Result<Vec<Option<Record>>, StoreError> {
+            if !self.caught_up.load(Ordering::SeqCst) {
+                return Err(StoreError::Behind(lsn));
             }
-            Ok(out)
+            self.lookup(keys).await
         }
         async fn list(
             &self,
@@ -663,6 +681,83 @@ mod tests {
         let all = futures_util::future::join_all((0..50).map(|_| reads.answer(&a, &s))).await;
         assert!(all.into_iter().all(|r| version(r.unwrap()) == "1.0"));
         assert_eq!(store.queries(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_of_different_keys_share_one_query() {
+        let store = SlowStore::new(Duration::from_millis(100));
+        let (reads, _control) = cache(store.clone());
+        let keys: Vec<_> = (0..50).map(nth_key).collect();
+        let all =
+            futures_util::future::join_all(keys.iter().map(|(a, s)| reads.answer(a, s))).await;
+        for ((_, s), answer) in keys.iter().zip(all) {
+            let body: serde_json::Value =
+                serde_json::from_slice(&answer.unwrap().unwrap().body).unwrap();
+            assert_eq!(
+                body["sha256"],
+                s.to_string(),
+                "each waiter gets its own row"
+            );
+        }
+        assert_eq!(store.queries(), 1);
+        for (a, s) in &keys {
+            reads.answer(a, s).await.unwrap();
+        }
+        assert_eq!(store.queries(), 1, "every key of the batch was cached");
+    }
+
+    #[tokio::test]
+    async fn a_key_fenced_while_its_batch_is_in_flight_is_not_cached() {
+        let store = SlowStore::new(Duration::from_millis(200));
+        let (reads, control) = cache(store.clone());
+        let keys: Vec<_> = (1..=3).map(nth_key).collect();
+        let batch = tokio::spawn({
+            let (reads, keys) = (reads.clone(), keys.clone());
+            async move {
+                let answers = keys.iter().map(|(a, s)| reads.answer(a, s));
+                futures_util::future::join_all(answers).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Key 1 changes and is invalidated while the batch's query runs.
+        store.set("2.0");
+        let (addon_id, sha256) = keys[0].clone();
+        control
+            .invalidate(vec![Pair { addon_id, sha256 }], Lsn(1))
+            .await;
+        for answer in batch.await.unwrap() {
+            assert_eq!(version(answer.unwrap()), "1.0", "read before the write");
+        }
+        assert_eq!(store.queries(), 1, "one query for the three keys");
+        let (a, s) = &keys[0];
+        assert_eq!(version(reads.answer(a, s).await.unwrap()), "2.0");
+        assert_eq!(version(reads.answer(a, s).await.unwrap()), "2.0");
+        assert_eq!(store.queries(), 2, "the fenced key was read again, once");
+        for (a, s) in &keys[1..] {
+            // Not invalidated: the batch's rows stay cached.
+            assert_eq!(version(reads.answer(a, s).await.unwrap()), "1.0");
+        }
+        assert_eq!(store.queries(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_key_no_source_has_replayed_fails_alone() {
+        let store = SlowStore::new(Duration::from_millis(50));
+        store.caught_up.store(false, Ordering::SeqCst);
+        let (reads, control) = cache(store.clone());
+        let (fenced, free) = (nth_key(1), nth_key(2));
+        let (addon_id, sha256) = fenced.clone();
+        control
+            .invalidate(vec![Pair { addon_id, sha256 }], Lsn(1))
+            .await;
+        let (a, b) = tokio::join!(
+            reads.answer(&fenced.0, &fenced.1),
+            reads.answer(&free.0, &free.1)
+        );
+        assert!(matches!(a, Err(StoreError::Behind(Lsn(1)))));
+        assert_eq!(version(b.unwrap()), "1.0", "its batch went to any source");
+        reads.answer(&free.0, &free.1).await.unwrap();
+        assert_eq!(store.queries(), 1, "and was cached");
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 //! - `answer`: a found record's encoded body and validators, as cached.
 //! - `cache`: the in-memory record cache in front of the store, with its
 //!   fences against stale refills.
+//! - `misses`: concurrent cache misses of many keys read in one query.
 //! - `fences`: per-key and per-add-on fences, each source's replay position,
 //!   the global floor: which sources may serve which reads.
 //! - `invalidation`: the broker subscription that evicts and fences keys.
@@ -32,6 +33,7 @@ pub mod fences;
 pub mod http_caching;
 pub mod invalidation;
 pub mod metrics;
+pub mod misses;
 pub mod monitor;
 pub mod replicas;
 pub mod routes;

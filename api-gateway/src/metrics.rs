@@ -23,8 +23,12 @@ pub struct Metrics {
     /// `cache_clears_total`: whole-cache drops, on every (re)subscription.
     pub cache_clears: IntCounter,
     /// `store_queries_total{kind}`: queries the cache sent to the store;
-    /// `kind` is `record`, `record_fenced`, `lookup` or `lookup_fenced`.
+    /// `kind` is `record`, `record_fenced` (one key), `record_batch`,
+    /// `record_batch_fenced` (misses of several keys coalesced), `lookup`
+    /// or `lookup_fenced` (bulk lookups).
     pub store_queries: IntCounterVec,
+    /// `miss_batch_keys`: keys read by each query of coalesced misses.
+    pub miss_batch_keys: Histogram,
     /// `invalidation_events_total`: invalidation events received.
     pub invalidation_events: IntCounter,
     /// `broker_connected`: 1 while subscribed to invalidations, else 0.
@@ -114,7 +118,16 @@ impl Metrics {
             .buckets(DURATION_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(invalidation_delay.clone()))?;
+        let miss_batch_keys = Histogram::with_opts(
+            HistogramOpts::new(
+                "miss_batch_keys",
+                "Keys read by each query of coalesced cache misses.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
+        registry.register(Box::new(miss_batch_keys.clone()))?;
         Ok(Self {
+            miss_batch_keys,
             cache_entries: gauge("cache_entries", "Entries cached (approximate).")?,
             cache_weighted_bytes: gauge(
                 "cache_weighted_bytes",

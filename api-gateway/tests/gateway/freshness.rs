@@ -461,6 +461,43 @@ async fn a_burst_of_misses_costs_one_query() {
 }
 
 #[tokio::test]
+async fn a_burst_of_misses_of_many_keys_reads_each_key_once_and_answers_its_own_row() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new();
+    let _amo = Amo::connect(&broker).await;
+    let gw = start_gateway(&[db.url_as("addonreg_gateway")], broker.prefix.as_str()).await;
+    wait_subscribed(&gw).await;
+    let seeds: Vec<_> = (100..150)
+        .map(|n| SeedRecord::registered(ADDON, &sha(n)))
+        .collect();
+    insert_records(&db.owner, &seeds).await;
+
+    let keys = "addonreg_gateway_miss_batch_keys_sum";
+    let before = metric(&gw, keys).await;
+    let client = reqwest::Client::new();
+    // 50 different keys and an unknown one, all at once, twice over.
+    let answers = futures_util::future::join_all((100..151).chain(100..151).map(|n| {
+        let (client, url) = (client.clone(), record_url(&gw, &sha(n)));
+        async move {
+            let answer = client.get(&url).send().await.unwrap();
+            let status = answer.status().as_u16();
+            (n, status, answer.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    for (n, status, body) in answers {
+        if n == 150 {
+            assert_eq!(status, 404);
+        } else {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["sha256"], sha(n), "each read answers its own row");
+        }
+    }
+    // Every key was read once, however the misses were batched.
+    assert_eq!(metric(&gw, keys).await - before, 51.0);
+}
+
+#[tokio::test]
 async fn a_cut_broker_connection_comes_back_and_drops_the_cache() {
     let db = TestDb::new().await;
     let broker = TestBroker::new();
