@@ -33,6 +33,7 @@ use shared::settings::Secret;
 use shared::topology::{COMMITTED_AT_HEADER, REPLY_SUCCESS, Topology};
 
 use crate::cache::CacheControl;
+use crate::edge::EdgeState;
 use crate::store::{ReadStore, StoreError};
 
 /// First and longest wait between subscription attempts.
@@ -69,6 +70,8 @@ pub struct Subscription {
     pub connection_name: String,
     /// The sources, asked for the primary's WAL position.
     pub store: ReadStore,
+    /// What the edge purger is told about this gateway.
+    pub edge: EdgeState,
 }
 
 /// Keeps the cache subscribed to invalidations until `stop` fires.
@@ -80,6 +83,8 @@ pub async fn run(subscription: Subscription, cache: CacheControl, stop: Cancella
             outcome = subscribe(&subscription, &cache, &stop) => outcome,
         };
         let was_subscribed = cache.is_subscribed();
+        // The edge first: from here on shared caches keep answers briefly.
+        subscription.edge.unsubscribed();
         cache.unsubscribed();
         match outcome {
             Ok(()) => break,
@@ -99,6 +104,7 @@ pub async fn run(subscription: Subscription, cache: CacheControl, stop: Cancella
         }
         wait = (wait * 2).min(BACKOFF.1);
     }
+    subscription.edge.unsubscribed();
     cache.unsubscribed();
 }
 
@@ -108,18 +114,10 @@ async fn subscribe(
     cache: &CacheControl,
     stop: &CancellationToken,
 ) -> Result<(), SubscriptionError> {
-    let mut uri: AMQPUri = subscription
-        .url
-        .expose()
-        .parse()
-        .map_err(SubscriptionError::Url)?;
-    if subscription.heartbeat_secs > 0 {
-        uri.query.heartbeat = Some(subscription.heartbeat_secs);
-    }
-    let connection = Connection::connect_uri(
-        uri,
-        ConnectionProperties::default()
-            .with_connection_name(subscription.connection_name.as_str().into()),
+    let connection = connect(
+        &subscription.url,
+        subscription.heartbeat_secs,
+        &subscription.connection_name,
     )
     .await?;
     let outcome = consume(&connection, subscription, cache, stop).await;
@@ -129,13 +127,30 @@ async fn subscribe(
     outcome
 }
 
-async fn consume(
+/// Connects to the broker at `url`, asking for an AMQP heartbeat of
+/// `heartbeat_secs` (0: the broker's), under `name`.
+pub async fn connect(
+    url: &Secret,
+    heartbeat_secs: u16,
+    name: &str,
+) -> Result<Connection, SubscriptionError> {
+    let mut uri: AMQPUri = url.expose().parse().map_err(SubscriptionError::Url)?;
+    if heartbeat_secs > 0 {
+        uri.query.heartbeat = Some(heartbeat_secs);
+    }
+    Ok(Connection::connect_uri(
+        uri,
+        ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await?)
+}
+
+/// Binds a server-named, exclusive, auto-delete queue to the invalidations
+/// exchange and consumes it without acks.
+pub async fn consume_events(
     connection: &Connection,
-    subscription: &Subscription,
-    cache: &CacheControl,
-    stop: &CancellationToken,
-) -> Result<(), SubscriptionError> {
-    let topology = &subscription.topology;
+    topology: &Topology,
+) -> Result<lapin::Consumer, SubscriptionError> {
     let channel = connection.create_channel().await?;
     let queue = channel
         .queue_declare(
@@ -157,9 +172,9 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    // Exclusive queue: a lost event is only ever this gateway's, and the
-    // reconnect clears the cache anyway.
-    let mut events = channel
+    // Exclusive queue: a lost event is only ever this consumer's, and the
+    // reconnect starts it over anyway.
+    Ok(channel
         .basic_consume(
             queue.name().clone(),
             "".into(),
@@ -169,7 +184,16 @@ async fn consume(
             },
             FieldTable::default(),
         )
-        .await?;
+        .await?)
+}
+
+async fn consume(
+    connection: &Connection,
+    subscription: &Subscription,
+    cache: &CacheControl,
+    stop: &CancellationToken,
+) -> Result<(), SubscriptionError> {
+    let mut events = consume_events(connection, &subscription.topology).await?;
     // Bound: every later event is in the queue; anything committed before
     // is at or below the primary's position read now.
     let primary_lsn: Lsn = subscription
@@ -178,6 +202,7 @@ async fn consume(
         .await
         .map_err(SubscriptionError::PrimaryLsn)?;
     cache.subscribed(primary_lsn);
+    subscription.edge.subscribed(primary_lsn);
     tracing::info!(
         type = "invalidation.subscribed",
         primary_lsn = %primary_lsn,
@@ -190,7 +215,9 @@ async fn consume(
         };
         match serde_json::from_slice::<InvalidationEvent>(&delivery.data) {
             Ok(event) => {
-                cache.invalidate(event.keys, event.lsn).await;
+                cache.invalidate(event.keys.clone(), event.lsn).await;
+                // Only now may the edge be purged of these keys.
+                subscription.edge.applied(&event.keys, event.lsn);
                 if let Some(delay) = delay_since_commit(&delivery.properties) {
                     cache.observe_delay(delay);
                 }
