@@ -12,6 +12,7 @@
 //! - `model`: the seeded random write mix of the model-based tests.
 //! - `process`: a real binary of the workspace, started and stopped by a test.
 //! - `proxy`: a TCP proxy to the broker that a test freezes or cuts.
+//! - `varnish`: a Varnish of the test's own with the repository's VCL.
 //! - `sentry`: a stand-in for Sentry's ingestion, recording what arrives.
 //!
 //! Each owner cleans up in `Drop`, also when the test fails; a failing test's
@@ -26,6 +27,7 @@ pub mod process;
 pub mod proxy;
 pub mod rabbit;
 pub mod sentry;
+pub mod varnish;
 
 pub use broker::{BrokerRole, BrokerUser, TestBroker};
 pub use cluster::{PgServer, TestCluster, TestReplica};
@@ -33,6 +35,7 @@ pub use database::TestDb;
 pub use policy::BrokerPolicies;
 pub use process::{TestProcess, free_port, wait_for_http};
 pub use proxy::{ProxyMode, TcpProxy};
+pub use varnish::TestVarnish;
 
 /// A short random name part, unique per test.
 fn unique() -> String {
