@@ -317,7 +317,10 @@ mod tests {
         edge.unsubscribed();
         assert!(edge.fresh(&b, Lsn(99)));
         let answer = edge.answer(&AppliedQuestion {
-            items: vec![AppliedItem { pair: b, lsn: Lsn(99) }],
+            items: vec![AppliedItem {
+                pair: b,
+                lsn: Lsn(99),
+            }],
         });
         assert_eq!((answer.subscribed, answer.fresh), (false, vec![true]));
     }

@@ -55,8 +55,9 @@ impl CachePolicy {
         Self {
             found: public_max_age(found, shared),
             missing: public_max_age(missing, shared),
-            found_disconnected: public_max_age(found, shared.min(disconnected)),
-            missing_disconnected: public_max_age(missing, shared.min(disconnected)),
+            // Never longer than the gateway keeps the answer itself.
+            found_disconnected: public_max_age(found, shared.min(disconnected).min(found)),
+            missing_disconnected: public_max_age(missing, shared.min(disconnected).min(missing)),
             edge,
         }
     }
@@ -323,6 +324,9 @@ mod tests {
         assert_eq!(headers[CACHE_CONTROL], "public, max-age=5, s-maxage=3600");
         policy.mark_listing(&mut headers, &addon);
         assert_eq!(headers[CACHE_CONTROL], "public, max-age=60, s-maxage=3600");
-        assert_eq!(headers[edge::SURROGATE_KEY], edge::addon_key(&addon).as_str());
+        assert_eq!(
+            headers[edge::SURROGATE_KEY],
+            edge::addon_key(&addon).as_str()
+        );
     }
 }

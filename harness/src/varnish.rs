@@ -78,8 +78,16 @@ impl TestVarnish {
         // Any answer will do: it listens once the VCL is loaded.
         let client = reqwest::Client::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while client.get(format!("{}/__lbheartbeat__", varnish.url)).send().await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "varnishd did not start");
+        while client
+            .get(format!("{}/__lbheartbeat__", varnish.url))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "varnishd did not start"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         varnish

@@ -22,7 +22,9 @@ sub vcl_init {
 include "backends.vcl";
 
 sub vcl_recv {
-    if (req.method == "PURGE") {
+    # PURGE, or POST to /__purge__ for HTTP clients that only send the
+    # standard methods (the purger's).
+    if (req.method == "PURGE" || (req.method == "POST" && req.url == "/__purge__")) {
         if (client.ip !~ purgers) {
             return (synth(403, "Forbidden"));
         }

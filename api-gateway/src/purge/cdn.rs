@@ -86,8 +86,9 @@ fn checked(
     })
 }
 
-/// Varnish nodes running `infra/varnish/addonreg.vcl`: `PURGE /` with the
-/// keys, space-separated, in `xkey-purge`; purging everything is the key
+/// Varnish nodes running `infra/varnish/addonreg.vcl`: `POST /__purge__`
+/// (the VCL's `PURGE`, in a method ureq sends) with the keys,
+/// space-separated, in `xkey-purge`; purging everything is the key
 /// every answer carries too (`all`, added by the VCL).
 pub struct Varnish {
     /// Each edge node's base URL, e.g. `http://127.0.0.1:6081`.
@@ -106,16 +107,12 @@ impl Varnish {
 
     fn purge_header(&self, value: &str) -> Result<(), PurgeError> {
         for node in &self.nodes {
-            let request = ureq::http::Request::builder()
-                .method("PURGE")
-                .uri(format!("{}/", node.trim_end_matches('/')))
+            let answer = self
+                .agent
+                .post(format!("{}/__purge__", node.trim_end_matches('/')))
                 .header("xkey-purge", value)
-                .body(())
-                .map_err(|e| PurgeError::Transport {
-                    cdn: "varnish",
-                    source: Box::new(ureq::Error::Http(e)),
-                })?;
-            checked("varnish", self.agent.run(request))?;
+                .send(());
+            checked("varnish", answer)?;
         }
         Ok(())
     }
@@ -191,7 +188,10 @@ impl Cdn for Fastly {
     fn purge_all(&self) -> Result<(), PurgeError> {
         let answer = self
             .agent
-            .post(format!("{}/service/{}/purge_all", self.api, self.service_id))
+            .post(format!(
+                "{}/service/{}/purge_all",
+                self.api, self.service_id
+            ))
             .header("Fastly-Key", self.token.expose())
             .header("Accept", "application/json")
             .send(());
@@ -278,14 +278,16 @@ mod tests {
             .and(warp::path::full())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .map(move |path: warp::path::FullPath, headers, body: bytes::Bytes| {
-                log.lock().unwrap().push((
-                    path.as_str().to_string(),
-                    headers,
-                    String::from_utf8_lossy(&body).into_owned(),
-                ));
-                warp::reply::with_status(warp::reply::json(&serde_json::json!({})), status)
-            });
+            .map(
+                move |path: warp::path::FullPath, headers, body: bytes::Bytes| {
+                    log.lock().unwrap().push((
+                        path.as_str().to_string(),
+                        headers,
+                        String::from_utf8_lossy(&body).into_owned(),
+                    ));
+                    warp::reply::with_status(warp::reply::json(&serde_json::json!({})), status)
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
@@ -353,9 +355,6 @@ mod tests {
         let e = tokio::task::spawn_blocking(move || limited.purge(&keys(1)).unwrap_err())
             .await
             .unwrap();
-        assert!(
-            matches!(e, PurgeError::Refused { status: 429, .. }),
-            "{e}"
-        );
+        assert!(matches!(e, PurgeError::Refused { status: 429, .. }), "{e}");
     }
 }

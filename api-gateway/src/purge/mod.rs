@@ -54,6 +54,10 @@ pub const ASK_MAX_ITEMS: usize = 5_000;
 /// for that long has dropped its cache on the way.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 
+/// How long a failed purge waits before it is tried again (a CDN API
+/// refusing for its rate limit is not asked again at every poll).
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
 /// First and longest wait between subscription attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 
@@ -184,8 +188,9 @@ pub struct Pipeline {
     pending: VecDeque<Pending>,
     /// Repeats, in due order (every one is `repurge_after` after its purge).
     repeats: VecDeque<(Instant, Option<Vec<String>>)>,
-    /// Purges that failed, retried on the next round.
+    /// Purges that failed, retried from `retry_at` on.
     retries: Batch,
+    retry_at: Instant,
 }
 
 impl Pipeline {
@@ -204,6 +209,7 @@ impl Pipeline {
             pending: VecDeque::new(),
             repeats: VecDeque::new(),
             retries: Vec::new(),
+            retry_at: Instant::now(),
         }
     }
 
@@ -251,7 +257,8 @@ impl Pipeline {
             }
             Heard::Subscribed => {
                 self.retries.push((Kind::All, None));
-                self.repeats.push_back((now + self.timing.repurge_after, None));
+                self.repeats
+                    .push_back((now + self.timing.repurge_after, None));
             }
         }
         self.metrics.pending.set(self.pending.len() as i64);
@@ -261,7 +268,11 @@ impl Pipeline {
     /// confirmed (and what waited too long), and the repeats that are due.
     async fn round(&mut self) {
         let now = Instant::now();
-        let mut batch: Batch = std::mem::take(&mut self.retries);
+        let mut batch: Batch = if now >= self.retry_at {
+            std::mem::take(&mut self.retries)
+        } else {
+            Vec::new()
+        };
         if !self.pending.is_empty() {
             let asked = self.pending.len().min(ASK_MAX_ITEMS);
             let items: Vec<AppliedItem> = self
@@ -281,7 +292,10 @@ impl Pipeline {
                     continue;
                 }
                 if age >= GIVE_UP_AFTER {
-                    self.metrics.abandoned.with_label_values(&["unconfirmed"]).inc();
+                    self.metrics
+                        .abandoned
+                        .with_label_values(&["unconfirmed"])
+                        .inc();
                     continue;
                 }
                 if !pending.purged_early && age >= self.timing.max_wait {
@@ -313,7 +327,11 @@ impl Pipeline {
             }
         }
         if !batch.is_empty() {
-            self.retries = purge(self.cdn.clone(), batch, self.metrics.clone()).await;
+            let failed = purge(self.cdn.clone(), batch, self.metrics.clone()).await;
+            if !failed.is_empty() {
+                self.retry_at = now + RETRY_AFTER;
+            }
+            self.retries.extend(failed);
         }
     }
 }
@@ -373,7 +391,11 @@ pub struct Subscription {
 
 /// Hears invalidations into `heard` until `stop`, resubscribing with
 /// backoff; says [`Heard::Subscribed`] after each (re)subscription.
-pub async fn listen(subscription: Subscription, heard: mpsc::Sender<Heard>, stop: CancellationToken) {
+pub async fn listen(
+    subscription: Subscription,
+    heard: mpsc::Sender<Heard>,
+    stop: CancellationToken,
+) {
     let mut wait = BACKOFF.0;
     loop {
         let outcome = tokio::select! {

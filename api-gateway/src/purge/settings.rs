@@ -29,7 +29,12 @@ pub struct PurgerSettings {
     /// Comma-separated admin base URLs of every gateway the CDN fetches
     /// from (each gateway's `ADDONREG_METRICS_LISTEN`), e.g.
     /// `http://10.0.0.5:9101`. [env: ADDONREG_EDGE_GATEWAYS]
-    #[arg(long, env = "ADDONREG_EDGE_GATEWAYS", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "ADDONREG_EDGE_GATEWAYS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub edge_gateways: Vec<String>,
 
     /// Which CDN to purge: `varnish`, `fastly` or `google`. [env: ADDONREG_EDGE_CDN]
@@ -161,7 +166,10 @@ impl PurgerSettings {
             }
             CdnKind::Fastly => Arc::new(Fastly::new(
                 self.edge_fastly_api_url.clone(),
-                required("ADDONREG_EDGE_FASTLY_SERVICE_ID", &self.edge_fastly_service_id)?,
+                required(
+                    "ADDONREG_EDGE_FASTLY_SERVICE_ID",
+                    &self.edge_fastly_service_id,
+                )?,
                 secret("ADDONREG_EDGE_FASTLY_TOKEN", &self.edge_fastly_token)?,
             )),
             CdnKind::Google => Arc::new(GoogleCdn::new(

@@ -36,12 +36,13 @@ async fn receipt(primary: &PgPool, write_id: &str) {
 
 /// The version a record read and a listing read show through `base`.
 async fn versions(base: &str, sha256: &str) -> (String, String) {
-    let record: serde_json::Value = reqwest::get(format!("{base}/v1/addons/{ADDON}/hashes/{sha256}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record: serde_json::Value =
+        reqwest::get(format!("{base}/v1/addons/{ADDON}/hashes/{sha256}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     let listing: serde_json::Value = reqwest::get(format!("{base}/v1/addons/{ADDON}/hashes"))
         .await
         .unwrap()
@@ -68,7 +69,12 @@ fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_string()
 }
 
-fn start_purger(gateways: &[&Gateway], edge: &TestVarnish, amqp_url: &str, prefix: &str) -> TestProcess {
+fn start_purger(
+    gateways: &[&Gateway],
+    edge: &TestVarnish,
+    amqp_url: &str,
+    prefix: &str,
+) -> TestProcess {
     let admins: Vec<&str> = gateways.iter().map(|g| g.admin.as_str()).collect();
     TestProcess::start(
         env!("CARGO_BIN_EXE_edge-purger"),
@@ -130,7 +136,10 @@ async fn a_late_gateway_with_a_lagging_replica_never_puts_the_old_value_back_at_
         response.headers()["cache-control"],
         "public, max-age=60, s-maxage=3600"
     );
-    assert!(response.headers().get("xkey").is_none(), "keys stay at the edge");
+    assert!(
+        response.headers().get("xkey").is_none(),
+        "keys stay at the edge"
+    );
     // And both gateways have the old value in their caches.
     for gw in [&prompt, &late] {
         assert_eq!(versions(&gw.public, &sha(1)).await.0, "1.0");
@@ -147,13 +156,19 @@ async fn a_late_gateway_with_a_lagging_replica_never_puts_the_old_value_back_at_
         let _ = versions(&edge.url, &sha(1)).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(versions(&late.public, &sha(1)).await.0, "1.0", "late indeed");
+    assert_eq!(
+        versions(&late.public, &sha(1)).await.0,
+        "1.0",
+        "late indeed"
+    );
     proxy.set(ProxyMode::Forward);
     // Once the late gateway applies the event (its fenced reads go to the
     // primary, past the paused replica) the purger purges.
-    eventually(Duration::from_secs(5), "the late gateway applied it", || async {
-        versions(&late.public, &sha(1)).await == ("2.0".into(), "2.0".into())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the late gateway applied it",
+        || async { versions(&late.public, &sha(1)).await == ("2.0".into(), "2.0".into()) },
+    )
     .await;
     edge_serves(&edge.url, &sha(1), "2.0", PROMISE).await;
     // From then on never the old value, past the purger's repeat, whichever
