@@ -129,11 +129,13 @@ impl App {
             check_every: Duration::from_millis(settings.replica_check_interval_ms),
             cache,
             subscription: invalidation::Subscription {
-                url: settings.amqp.url.clone(),
-                heartbeat_secs: settings.amqp_heartbeat_secs,
-                topology: Topology::new(&settings.amqp.prefix),
-                // Named per prefix, so SREs (and tests) can find it.
-                connection_name: format!("addonreg-gateway {}", settings.amqp.prefix.as_str()),
+                broker: invalidation::Broker {
+                    url: settings.amqp.url.clone(),
+                    heartbeat_secs: settings.amqp_heartbeat_secs,
+                    topology: Topology::new(&settings.amqp.prefix),
+                    // Named per prefix, so SREs (and tests) can find it.
+                    connection_name: format!("addonreg-gateway {}", settings.amqp.prefix.as_str()),
+                },
                 store: store.clone(),
                 edge: edge.clone(),
             },

@@ -56,10 +56,10 @@ pub enum SubscriptionError {
     PrimaryLsn(StoreError),
 }
 
-/// Where the subscription connects, and how it learns the primary's WAL
-/// position when it (re)subscribes.
+/// Where a subscriber to invalidations (a gateway, the edge purger)
+/// connects, and what it binds to.
 #[derive(Clone)]
-pub struct Subscription {
+pub struct Broker {
     /// `ADDONREG_AMQP_URL`.
     pub url: Secret,
     /// The AMQP heartbeat asked for, in seconds; 0 leaves it to the broker.
@@ -68,6 +68,14 @@ pub struct Subscription {
     pub topology: Topology,
     /// The connection's name as the broker shows it.
     pub connection_name: String,
+}
+
+/// Where the subscription connects, and how it learns the primary's WAL
+/// position when it (re)subscribes.
+#[derive(Clone)]
+pub struct Subscription {
+    /// The broker.
+    pub broker: Broker,
     /// The sources, asked for the primary's WAL position.
     pub store: ReadStore,
     /// What the edge purger is told about this gateway.
@@ -114,12 +122,7 @@ async fn subscribe(
     cache: &CacheControl,
     stop: &CancellationToken,
 ) -> Result<(), SubscriptionError> {
-    let connection = connect(
-        &subscription.url,
-        subscription.heartbeat_secs,
-        &subscription.connection_name,
-    )
-    .await?;
+    let connection = connect(&subscription.broker).await?;
     let outcome = consume(&connection, subscription, cache, stop).await;
     let _ = connection
         .close(REPLY_SUCCESS, "gateway subscription ends".into())
@@ -127,20 +130,20 @@ async fn subscribe(
     outcome
 }
 
-/// Connects to the broker at `url`, asking for an AMQP heartbeat of
-/// `heartbeat_secs` (0: the broker's), under `name`.
-pub async fn connect(
-    url: &Secret,
-    heartbeat_secs: u16,
-    name: &str,
-) -> Result<Connection, SubscriptionError> {
-    let mut uri: AMQPUri = url.expose().parse().map_err(SubscriptionError::Url)?;
-    if heartbeat_secs > 0 {
-        uri.query.heartbeat = Some(heartbeat_secs);
+/// Connects to `broker`, asking for its AMQP heartbeat, under its name.
+pub async fn connect(broker: &Broker) -> Result<Connection, SubscriptionError> {
+    let mut uri: AMQPUri = broker
+        .url
+        .expose()
+        .parse()
+        .map_err(SubscriptionError::Url)?;
+    if broker.heartbeat_secs > 0 {
+        uri.query.heartbeat = Some(broker.heartbeat_secs);
     }
     Ok(Connection::connect_uri(
         uri,
-        ConnectionProperties::default().with_connection_name(name.into()),
+        ConnectionProperties::default()
+            .with_connection_name(broker.connection_name.as_str().into()),
     )
     .await?)
 }
@@ -193,7 +196,7 @@ async fn consume(
     cache: &CacheControl,
     stop: &CancellationToken,
 ) -> Result<(), SubscriptionError> {
-    let mut events = consume_events(connection, &subscription.topology).await?;
+    let mut events = consume_events(connection, &subscription.broker.topology).await?;
     // Bound: every later event is in the queue; anything committed before
     // is at or below the primary's position read now.
     let primary_lsn: Lsn = subscription

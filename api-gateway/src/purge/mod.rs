@@ -38,11 +38,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use shared::event::InvalidationEvent;
-use shared::settings::Secret;
 use shared::topology::{REPLY_SUCCESS, Topology};
 
 use crate::edge::{self, AppliedItem};
-use crate::invalidation::{self, SubscriptionError};
+use crate::invalidation::{self, Broker, SubscriptionError};
 use cdn::Cdn;
 use gateways::Gateways;
 
@@ -376,26 +375,9 @@ async fn purge(cdn: Arc<dyn Cdn>, batch: Batch, metrics: PurgeMetrics) -> Batch 
     joined.unwrap_or_default()
 }
 
-/// Where the purger hears events.
-#[derive(Clone)]
-pub struct Subscription {
-    /// `ADDONREG_AMQP_URL`.
-    pub url: Secret,
-    /// AMQP heartbeat asked for, in seconds.
-    pub heartbeat_secs: u16,
-    /// Names under the prefix.
-    pub topology: Topology,
-    /// The connection's name as the broker shows it.
-    pub connection_name: String,
-}
-
 /// Hears invalidations into `heard` until `stop`, resubscribing with
 /// backoff; says [`Heard::Subscribed`] after each (re)subscription.
-pub async fn listen(
-    subscription: Subscription,
-    heard: mpsc::Sender<Heard>,
-    stop: CancellationToken,
-) {
+pub async fn listen(subscription: Broker, heard: mpsc::Sender<Heard>, stop: CancellationToken) {
     let mut wait = BACKOFF.0;
     loop {
         let outcome = tokio::select! {
@@ -423,16 +405,11 @@ pub async fn listen(
 /// One session; `Ok(true)` when it was subscribed and then lost, `Ok(false)`
 /// when told to stop.
 async fn listen_once(
-    subscription: &Subscription,
+    subscription: &Broker,
     heard: &mpsc::Sender<Heard>,
     stop: &CancellationToken,
 ) -> Result<bool, SubscriptionError> {
-    let connection = invalidation::connect(
-        &subscription.url,
-        subscription.heartbeat_secs,
-        &subscription.connection_name,
-    )
-    .await?;
+    let connection = invalidation::connect(subscription).await?;
     let outcome = async {
         let mut events = invalidation::consume_events(&connection, &subscription.topology).await?;
         if heard.send(Heard::Subscribed).await.is_err() {
@@ -505,7 +482,7 @@ pub async fn run(
     // Room for a burst of events while a round runs; a full channel holds
     // the consumer back (the broker buffers), it never drops an event.
     let (heard_tx, heard_rx) = mpsc::channel(10_000);
-    let subscription = Subscription {
+    let subscription = Broker {
         url: settings.amqp.url.clone(),
         heartbeat_secs: settings.amqp_heartbeat_secs,
         topology: Topology::new(&settings.amqp.prefix),

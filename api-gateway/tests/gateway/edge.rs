@@ -7,10 +7,9 @@
 use std::time::Duration;
 
 use harness::{ProxyMode, TcpProxy, TestProcess, TestVarnish};
-use sqlx::PgPool;
 
 use crate::helpers::{
-    Gateway, ReplicaStack, eventually, register, start_gateway_with, wait_subscribed,
+    Gateway, ReplicaStack, eventually, register, start_gateway_with, wait_receipt, wait_subscribed,
 };
 
 const ADDON: &str = "edge@example.com";
@@ -20,18 +19,6 @@ const REPURGE_AFTER: Duration = Duration::from_secs(3);
 
 fn sha(n: u32) -> String {
     format!("{n:064x}")
-}
-
-async fn receipt(primary: &PgPool, write_id: &str) {
-    eventually(Duration::from_secs(20), "receipt", || async {
-        sqlx::query("SELECT 1 FROM receipts WHERE write_id = $1")
-            .bind(write_id)
-            .fetch_optional(primary)
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
 }
 
 /// The version a record read and a listing read show through `base`.
@@ -124,7 +111,7 @@ async fn a_late_gateway_with_a_lagging_replica_never_puts_the_old_value_back_at_
     let primary = db.pool_as("addonreg_gateway").await;
 
     let id = register(amo, ADDON, &sha(1), "1.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     replica.catch_up_with(cluster).await;
     edge_serves(&edge.url, &sha(1), "1.0", Duration::from_secs(10)).await;
     // Kept at the edge for an hour, labelled for purging.
@@ -150,7 +137,7 @@ async fn a_late_gateway_with_a_lagging_replica_never_puts_the_old_value_back_at_
     replica.pause_replay().await;
     proxy.set(ProxyMode::Freeze);
     let id = register(amo, ADDON, &sha(1), "2.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     let frozen = std::time::Instant::now();
     while frozen.elapsed() < Duration::from_secs(2) {
         let _ = versions(&edge.url, &sha(1)).await;
@@ -186,7 +173,7 @@ async fn a_late_gateway_with_a_lagging_replica_never_puts_the_old_value_back_at_
     // With every gateway prompt, a write reaches the edge within the promise
     // of its receipt, the replica still paused.
     let id = register(amo, ADDON, &sha(1), "3.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     let took = edge_serves(&edge.url, &sha(1), "3.0", PROMISE).await;
     eprintln!("the edge served the new value {took:?} after the receipt");
     replica.resume_replay().await;
