@@ -16,7 +16,8 @@ use shared::version::VersionInfo;
 use shared::topology::Topology;
 
 use crate::cache::{CacheConfig, CacheControl, CachedReads, DEFAULT_MAX_FENCES};
-use crate::http_caching::CachePolicy;
+use crate::edge::{self, EdgeState};
+use crate::http_caching::{CachePolicy, Lifetimes};
 use crate::metrics::Metrics;
 use crate::replicas::{self, Replica};
 use crate::server::{self, ConnectionMetrics, Limits};
@@ -58,6 +59,7 @@ pub struct App {
     cache: CacheControl,
     subscription: invalidation::Subscription,
     caching: CachePolicy,
+    edge: EdgeState,
     version: Arc<VersionInfo>,
     registry: prometheus::Registry,
     summary: Summary,
@@ -104,6 +106,7 @@ impl App {
         let metrics = Metrics::register(&registry)?;
         let summary = Summary::new(metrics.clone(), settings.request_log_sample)?;
         let store = ReadStore::new(replicas.clone(), settings.read_timeout());
+        let edge = EdgeState::default();
         let (reads, cache) = CachedReads::new(
             store.clone(),
             CacheConfig {
@@ -126,17 +129,29 @@ impl App {
             check_every: Duration::from_millis(settings.replica_check_interval_ms),
             cache,
             subscription: invalidation::Subscription {
-                urls: settings.amqp.url.clone(),
-                heartbeat_secs: settings.amqp_heartbeat_secs,
-                topology: Topology::new(&settings.amqp.prefix),
-                // Named per prefix, so SREs (and tests) can find it.
-                connection_name: format!("addonreg-gateway {}", settings.amqp.prefix.as_str()),
+                broker: invalidation::Broker {
+                    urls: settings.amqp.url.clone(),
+                    heartbeat_secs: settings.amqp_heartbeat_secs,
+                    topology: Topology::new(&settings.amqp.prefix),
+                    // Named per prefix, so SREs (and tests) can find it.
+                    connection_name: format!("addonreg-gateway {}", settings.amqp.prefix.as_str()),
+                },
                 store: store.clone(),
+                edge: edge.clone(),
             },
             caching: CachePolicy::new(
-                settings.cache_ttl_found_secs,
-                settings.cache_ttl_missing_secs,
+                Lifetimes {
+                    found: settings.cache_ttl_found_secs,
+                    missing: settings.cache_ttl_missing_secs,
+                    shared: settings.shared_max_age_secs,
+                    // Whole seconds, rounded down: never longer than the
+                    // gateway's own disconnected lifetime.
+                    disconnected: u32::try_from(settings.cache_disconnected_ttl_ms / 1000)
+                        .unwrap_or(u32::MAX),
+                },
+                edge.clone(),
             ),
+            edge,
             replicas,
             version: Arc::new(VersionInfo::load(&settings.version_file)),
             registry,
@@ -195,7 +210,13 @@ impl App {
         );
         let admin = async {
             if let Some(listener) = self.admin {
-                shared::admin::serve(listener, self.registry, stop.clone().cancelled_owned()).await;
+                shared::admin::serve_with(
+                    listener,
+                    self.registry,
+                    edge::admin_route(self.edge.clone()),
+                    stop.clone().cancelled_owned(),
+                )
+                .await;
             }
         };
         let signal = async {

@@ -10,39 +10,96 @@ use sha2::{Digest, Sha256};
 use warp::http::header::{CACHE_CONTROL, ETAG, LAST_MODIFIED};
 use warp::http::{HeaderMap, HeaderValue};
 
-use shared::domain::Timestamp;
+use shared::domain::{AddonId, Sha256 as FileSha256, Timestamp};
 
-/// The `Cache-Control` of found and missing records: how long a CDN or a
-/// browser may keep the answer.
+use crate::edge::{self, EdgeState};
+
+/// The `Cache-Control` of found and missing records and of listings: how
+/// long a browser (`max-age`) and a shared cache (`s-maxage`) may keep the
+/// answer; and their surrogate keys, by which the edge is purged
+/// (`docs/edge.md`). Shared caches get the long `s-maxage` only while the
+/// gateway is subscribed to invalidations (so the edge purger covers what
+/// it answers); otherwise no longer than the disconnected lifetime.
 #[derive(Debug, Clone)]
 pub struct CachePolicy {
     found: HeaderValue,
     missing: HeaderValue,
+    found_disconnected: HeaderValue,
+    missing_disconnected: HeaderValue,
+    edge: EdgeState,
+}
+
+/// Lifetimes, in seconds, of the answers a [`CachePolicy`] marks.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// `max-age` of found records and listings.
+    pub found: u32,
+    /// `max-age` of missing records.
+    pub missing: u32,
+    /// `s-maxage` while subscribed.
+    pub shared: u32,
+    /// `s-maxage` cap while not subscribed.
+    pub disconnected: u32,
 }
 
 impl CachePolicy {
-    /// `public, max-age=…` for 200s (and their 304s) and for 404s.
-    pub fn new(found_secs: u32, missing_secs: u32) -> Self {
+    /// `public, max-age=…, s-maxage=…` for 200s (and their 304s), 404s and
+    /// listings, following `edge`'s subscription.
+    pub fn new(lifetimes: Lifetimes, edge: EdgeState) -> Self {
+        let Lifetimes {
+            found,
+            missing,
+            shared,
+            disconnected,
+        } = lifetimes;
         Self {
-            found: public_max_age(found_secs),
-            missing: public_max_age(missing_secs),
+            found: public_max_age(found, shared),
+            missing: public_max_age(missing, shared),
+            // Never longer than the gateway keeps the answer itself.
+            found_disconnected: public_max_age(found, shared.min(disconnected).min(found)),
+            missing_disconnected: public_max_age(missing, shared.min(disconnected).min(missing)),
+            edge,
         }
     }
 
-    /// Sets the `Cache-Control` of a found record.
-    pub fn mark_found(&self, headers: &mut HeaderMap) {
-        headers.insert(CACHE_CONTROL, self.found.clone());
+    /// Sets the `Cache-Control` and surrogate keys of a found record.
+    pub fn mark_found(&self, headers: &mut HeaderMap, addon_id: &AddonId, sha256: &FileSha256) {
+        let value = if self.edge.is_subscribed() {
+            &self.found
+        } else {
+            &self.found_disconnected
+        };
+        headers.insert(CACHE_CONTROL, value.clone());
+        edge::label(headers, &edge::pair_key(addon_id, sha256));
     }
 
-    /// Sets the `Cache-Control` of a missing record.
-    pub fn mark_missing(&self, headers: &mut HeaderMap) {
-        headers.insert(CACHE_CONTROL, self.missing.clone());
+    /// Sets the `Cache-Control` and surrogate keys of a missing record.
+    pub fn mark_missing(&self, headers: &mut HeaderMap, addon_id: &AddonId, sha256: &FileSha256) {
+        let value = if self.edge.is_subscribed() {
+            &self.missing
+        } else {
+            &self.missing_disconnected
+        };
+        headers.insert(CACHE_CONTROL, value.clone());
+        edge::label(headers, &edge::pair_key(addon_id, sha256));
+    }
+
+    /// Sets the `Cache-Control` and surrogate key of an add-on's listing
+    /// page (as long-lived as a found record).
+    pub fn mark_listing(&self, headers: &mut HeaderMap, addon_id: &AddonId) {
+        let value = if self.edge.is_subscribed() {
+            &self.found
+        } else {
+            &self.found_disconnected
+        };
+        headers.insert(CACHE_CONTROL, value.clone());
+        edge::label(headers, &edge::addon_key(addon_id));
     }
 }
 
-fn public_max_age(secs: u32) -> HeaderValue {
+fn public_max_age(secs: u32, shared_secs: u32) -> HeaderValue {
     // ASCII letters and digits: always a valid header value.
-    HeaderValue::from_str(&format!("public, max-age={secs}"))
+    HeaderValue::from_str(&format!("public, max-age={secs}, s-maxage={shared_secs}"))
         .unwrap_or(HeaderValue::from_static("no-cache"))
 }
 
@@ -229,12 +286,33 @@ mod tests {
     }
 
     #[test]
-    fn cache_control_values() {
-        let policy = CachePolicy::new(60, 5);
+    fn cache_control_values_follow_the_subscription() {
+        let edge = EdgeState::default();
+        let policy = CachePolicy::new(
+            Lifetimes {
+                found: 60,
+                missing: 5,
+                shared: 3600,
+                disconnected: 1,
+            },
+            edge.clone(),
+        );
+        let addon = AddonId::parse("a@b").unwrap();
+        let sha = FileSha256::from_bytes([7; 32]);
         let mut headers = HeaderMap::new();
-        policy.mark_found(&mut headers);
-        assert_eq!(headers[CACHE_CONTROL], "public, max-age=60");
-        policy.mark_missing(&mut headers);
-        assert_eq!(headers[CACHE_CONTROL], "public, max-age=5");
+        policy.mark_found(&mut headers, &addon, &sha);
+        assert_eq!(headers[CACHE_CONTROL], "public, max-age=60, s-maxage=1");
+        edge.subscribed(shared::event::Lsn(1));
+        policy.mark_found(&mut headers, &addon, &sha);
+        assert_eq!(headers[CACHE_CONTROL], "public, max-age=60, s-maxage=3600");
+        assert_eq!(headers[edge::XKEY], edge::pair_key(&addon, &sha).as_str());
+        policy.mark_missing(&mut headers, &addon, &sha);
+        assert_eq!(headers[CACHE_CONTROL], "public, max-age=5, s-maxage=3600");
+        policy.mark_listing(&mut headers, &addon);
+        assert_eq!(headers[CACHE_CONTROL], "public, max-age=60, s-maxage=3600");
+        assert_eq!(
+            headers[edge::SURROGATE_KEY],
+            edge::addon_key(&addon).as_str()
+        );
     }
 }

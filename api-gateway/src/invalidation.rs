@@ -35,6 +35,7 @@ use shared::settings::Secret;
 use shared::topology::{COMMITTED_AT_HEADER, REPLY_SUCCESS, Topology};
 
 use crate::cache::CacheControl;
+use crate::edge::EdgeState;
 use crate::store::{ReadStore, StoreError};
 
 /// Why a subscription ended.
@@ -54,10 +55,10 @@ pub enum SubscriptionError {
     PrimaryLsn(StoreError),
 }
 
-/// Where the subscription connects, and how it learns the primary's WAL
-/// position when it (re)subscribes.
+/// Where a subscriber to invalidations (a gateway, the edge purger)
+/// connects, and what it binds to.
 #[derive(Clone)]
-pub struct Subscription {
+pub struct Broker {
     /// `ADDONREG_AMQP_URL`: the broker's node(s).
     pub urls: AmqpUrls,
     /// The AMQP heartbeat asked for, in seconds; 0 leaves it to the broker.
@@ -66,21 +67,33 @@ pub struct Subscription {
     pub topology: Topology,
     /// The connection's name as the broker shows it.
     pub connection_name: String,
+}
+
+/// Where the subscription connects, and how it learns the primary's WAL
+/// position when it (re)subscribes.
+#[derive(Clone)]
+pub struct Subscription {
+    /// The broker.
+    pub broker: Broker,
     /// The sources, asked for the primary's WAL position.
     pub store: ReadStore,
+    /// What the edge purger is told about this gateway.
+    pub edge: EdgeState,
 }
 
 /// Keeps the cache subscribed to invalidations until `stop` fires.
 pub async fn run(subscription: Subscription, cache: CacheControl, stop: CancellationToken) {
-    let mut reconnect = Reconnect::new(subscription.urls.clone());
+    let mut reconnect = Reconnect::new(subscription.broker.urls.clone());
     while let Some(connection) = reconnect
         .connect("api-gateway invalidations", &stop, |url| {
-            connect(url, &subscription)
+            connect(url, &subscription.broker)
         })
         .await
     {
         let outcome = subscribe(connection, &subscription, &cache, &stop).await;
         let was_subscribed = cache.is_subscribed();
+        // The edge first: from here on shared caches keep answers briefly.
+        subscription.edge.unsubscribed();
         cache.unsubscribed();
         match outcome {
             Ok(()) => break,
@@ -94,24 +107,8 @@ pub async fn run(subscription: Subscription, cache: CacheControl, stop: Cancella
             break;
         }
     }
+    subscription.edge.unsubscribed();
     cache.unsubscribed();
-}
-
-/// A connection to one node, asking for the configured heartbeat.
-async fn connect(
-    url: Secret,
-    subscription: &Subscription,
-) -> Result<Connection, SubscriptionError> {
-    let mut uri: AMQPUri = url.expose().parse().map_err(SubscriptionError::Url)?;
-    if subscription.heartbeat_secs > 0 {
-        uri.query.heartbeat = Some(subscription.heartbeat_secs);
-    }
-    Ok(Connection::connect_uri(
-        uri,
-        ConnectionProperties::default()
-            .with_connection_name(subscription.connection_name.as_str().into()),
-    )
-    .await?)
 }
 
 /// One session: bind, consume until it fails or `stop` fires, close.
@@ -132,13 +129,27 @@ async fn subscribe(
     outcome
 }
 
-async fn consume(
+/// Connects to `url`, one of `broker`'s nodes, asking for its AMQP
+/// heartbeat, under its name.
+pub async fn connect(url: Secret, broker: &Broker) -> Result<Connection, SubscriptionError> {
+    let mut uri: AMQPUri = url.expose().parse().map_err(SubscriptionError::Url)?;
+    if broker.heartbeat_secs > 0 {
+        uri.query.heartbeat = Some(broker.heartbeat_secs);
+    }
+    Ok(Connection::connect_uri(
+        uri,
+        ConnectionProperties::default()
+            .with_connection_name(broker.connection_name.as_str().into()),
+    )
+    .await?)
+}
+
+/// Binds a server-named, exclusive, auto-delete queue to the invalidations
+/// exchange and consumes it without acks.
+pub async fn consume_events(
     connection: &Connection,
-    subscription: &Subscription,
-    cache: &CacheControl,
-    stop: &CancellationToken,
-) -> Result<(), SubscriptionError> {
-    let topology = &subscription.topology;
+    topology: &Topology,
+) -> Result<lapin::Consumer, SubscriptionError> {
     let channel = connection.create_channel().await?;
     let queue = channel
         .queue_declare(
@@ -160,9 +171,9 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    // Exclusive queue: a lost event is only ever this gateway's, and the
-    // reconnect clears the cache anyway.
-    let mut events = channel
+    // Exclusive queue: a lost event is only ever this consumer's, and the
+    // reconnect starts it over anyway.
+    Ok(channel
         .basic_consume(
             queue.name().clone(),
             "".into(),
@@ -172,7 +183,16 @@ async fn consume(
             },
             FieldTable::default(),
         )
-        .await?;
+        .await?)
+}
+
+async fn consume(
+    connection: &Connection,
+    subscription: &Subscription,
+    cache: &CacheControl,
+    stop: &CancellationToken,
+) -> Result<(), SubscriptionError> {
+    let mut events = consume_events(connection, &subscription.broker.topology).await?;
     // Bound: every later event is in the queue; anything committed before
     // is at or below the primary's position read now.
     let primary_lsn: Lsn = subscription
@@ -181,6 +201,7 @@ async fn consume(
         .await
         .map_err(SubscriptionError::PrimaryLsn)?;
     cache.subscribed(primary_lsn);
+    subscription.edge.subscribed(primary_lsn);
     tracing::info!(
         type = "invalidation.subscribed",
         primary_lsn = %primary_lsn,
@@ -193,7 +214,9 @@ async fn consume(
         };
         match serde_json::from_slice::<InvalidationEvent>(&delivery.data) {
             Ok(event) => {
-                cache.invalidate(event.keys, event.lsn).await;
+                cache.invalidate(event.keys.clone(), event.lsn).await;
+                // Only now may the edge be purged of these keys.
+                subscription.edge.applied(&event.keys, event.lsn);
                 if let Some(delay) = delay_since_commit(&delivery.properties) {
                     cache.observe_delay(delay);
                 }

@@ -17,7 +17,11 @@
 //! - `monitor`: background replica health checks, lag and cache size.
 //! - `routes`: the read API's filters and handlers; inputs parsed at the edge.
 //! - `http_caching`: `ETag`, `Last-Modified`, `Cache-Control` and 304s of
-//!   single-record answers.
+//!   single-record answers; `Cache-Control` and surrogate keys of listings.
+//! - `edge`: surrogate keys, and what this gateway has applied, which the
+//!   edge purger asks on the admin listener before purging.
+//! - `purge`: the edge purger (`edge-purger` binary): waits until every
+//!   gateway applied an event, then purges its keys from the CDN, twice.
 //! - `dockerflow`: `/__lbheartbeat__`, `/__heartbeat__`, `/__version__`.
 //! - `server`: the public listener's accept loop and connections, with their
 //!   limits (header and idle timeouts, most connections open).
@@ -28,6 +32,7 @@ pub mod answer;
 pub mod app;
 pub mod cache;
 pub mod dockerflow;
+pub mod edge;
 pub mod errors;
 pub mod fences;
 pub mod http_caching;
@@ -35,6 +40,7 @@ pub mod invalidation;
 pub mod metrics;
 pub mod misses;
 pub mod monitor;
+pub mod purge;
 pub mod replicas;
 pub mod routes;
 pub mod server;

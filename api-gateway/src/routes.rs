@@ -47,10 +47,10 @@ pub fn routes<R: Reads>(
     caching: CachePolicy,
     body_read_timeout: Duration,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    record(reads.clone(), caching)
+    record(reads.clone(), caching.clone())
         .or(lookups(reads.clone(), body_read_timeout))
         .unify()
-        .or(listing(reads.clone()))
+        .or(listing(reads.clone(), caching.clone()))
         .unify()
         .or(receipt(reads))
         .unify()
@@ -102,10 +102,14 @@ async fn get_record<R: Reads>(
     pre: Preconditions,
 ) -> Response {
     let response = match reads.answer(&addon_id, &sha256).await {
-        Ok(Some(answer)) => found(&answer, &pre, &caching),
+        Ok(Some(answer)) => {
+            let mut response = found(&answer, &pre);
+            caching.mark_found(response.headers_mut(), &addon_id, &sha256);
+            response
+        }
         Ok(None) => {
             let mut response = ApiError::NotFound(NO_RECORD).response();
-            caching.mark_missing(response.headers_mut());
+            caching.mark_missing(response.headers_mut(), &addon_id, &sha256);
             response
         }
         Err(e) => ApiError::from(e).response(),
@@ -120,9 +124,9 @@ async fn get_record<R: Reads>(
 const NO_RECORD: &str = "no record of this add-on file";
 
 /// A found record's 200, or 304 when the client's copy is current; both
-/// with validators and `Cache-Control`. The body and validators were encoded
-/// when the answer was cached: a hit only copies references.
-fn found(answer: &RecordAnswer, pre: &Preconditions, caching: &CachePolicy) -> Response {
+/// with validators. The body and validators were encoded when the answer
+/// was cached: a hit only copies references.
+fn found(answer: &RecordAnswer, pre: &Preconditions) -> Response {
     let mut response = if pre.not_modified(&answer.validators) {
         let mut response = Response::new(Vec::new().into());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -131,7 +135,6 @@ fn found(answer: &RecordAnswer, pre: &Preconditions, caching: &CachePolicy) -> R
         json_bytes(StatusCode::OK, answer.body.clone())
     };
     answer.validators.write(response.headers_mut());
-    caching.mark_found(response.headers_mut());
     response
 }
 
@@ -190,6 +193,7 @@ fn lookup_results(items: &[(AddonId, Sha256)], answers: &[Answer]) -> Vec<u8> {
 /// `GET /v1/addons/{addon_id}/hashes?limit=N&cursor=C`.
 fn listing<R: Reads>(
     reads: CachedReads<R>,
+    caching: CachePolicy,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "addons" / Segment / "hashes")
         .and(only(&[Method::GET]))
@@ -200,16 +204,21 @@ fn listing<R: Reads>(
             },
         )
         .untuple_one()
-        .then(move |addon_id, page| get_listing(reads.clone(), addon_id, page))
+        .then(move |addon_id, page| get_listing(reads.clone(), caching.clone(), addon_id, page))
 }
 
 async fn get_listing<R: Reads>(
     reads: CachedReads<R>,
+    caching: CachePolicy,
     addon_id: AddonId,
     page: PageRequest,
 ) -> Response {
     match reads.list(&addon_id, page.after, page.limit).await {
-        Ok(records) => json(StatusCode::OK, &Page::of(records, page.limit)),
+        Ok(records) => {
+            let mut response = json(StatusCode::OK, &Page::of(records, page.limit));
+            caching.mark_listing(response.headers_mut(), &addon_id);
+            response
+        }
         Err(e) => ApiError::from(e).response(),
     }
 }

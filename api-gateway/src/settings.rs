@@ -66,6 +66,14 @@ pub struct Settings {
     #[arg(long, env = "ADDONREG_CACHE_TTL_MISSING_SECS", default_value_t = 5)]
     pub cache_ttl_missing_secs: u32,
 
+    /// `s-maxage` of record answers and listings, in seconds: how long a
+    /// shared cache (the CDN) may keep them, which is safe only when it is
+    /// purged by the edge purger (`docs/edge.md`); while not subscribed to
+    /// invalidations the gateway gives at most its disconnected lifetime.
+    /// [env: ADDONREG_SHARED_MAX_AGE_SECS]
+    #[arg(long, env = "ADDONREG_SHARED_MAX_AGE_SECS", default_value_t = 3_600)]
+    pub shared_max_age_secs: u32,
+
     /// Most records (found or missing) kept in memory; 0 turns the cache
     /// off. [env: ADDONREG_CACHE_MAX_ENTRIES]
     #[arg(long, env = "ADDONREG_CACHE_MAX_ENTRIES", default_value_t = 1_000_000)]
@@ -228,6 +236,7 @@ mod tests {
         assert_eq!(s.read_urls().len(), 1);
         assert_eq!(s.read_timeout(), Duration::from_secs(3));
         assert_eq!((s.cache_ttl_found_secs, s.cache_ttl_missing_secs), (60, 5));
+        assert_eq!(s.shared_max_age_secs, 3_600);
         assert_eq!(s.cache_max_entries, 1_000_000);
         assert_eq!(s.cache_max_bytes, 512 << 20);
         assert_eq!(s.replica_check_interval_ms, 1_000);

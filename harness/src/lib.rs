@@ -16,6 +16,7 @@
 //! - `rabbit`, `rabbit_cluster`: RabbitMQ nodes of a test's own, alone or as a
 //!   three-node cluster, which it may stop and start.
 //! - `proxy`: a TCP proxy to the broker that a test freezes or cuts.
+//! - `varnish`: a Varnish of the test's own with the repository's VCL.
 //! - `sentry`: a stand-in for Sentry's ingestion, recording what arrives.
 //!
 //! Each owner cleans up in `Drop`, also when the test fails; a failing test's
@@ -32,6 +33,7 @@ pub mod proxy;
 pub mod rabbit;
 pub mod rabbit_cluster;
 pub mod sentry;
+pub mod varnish;
 
 pub use broker::{BrokerRole, BrokerUser, TestBroker};
 pub use cluster::{PgServer, TestCluster, TestReplica};
@@ -40,6 +42,7 @@ pub use launch::Launch;
 pub use policy::BrokerPolicies;
 pub use process::{TestProcess, free_port, wait_for_http};
 pub use proxy::{ProxyMode, TcpProxy};
+pub use varnish::TestVarnish;
 
 /// A short random name part, unique per test.
 fn unique() -> String {

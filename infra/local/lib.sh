@@ -43,6 +43,9 @@ PG_PORT=${ADDONREG_PG_PORT:-5432}
 AMQP_HOSTPORT=127.0.0.1:5672
 GATEWAY_LISTEN=127.0.0.1:8080
 GATEWAY_METRICS_LISTEN=127.0.0.1:9101
+# The edge: Varnish in front of the gateway(s), and the purger's metrics.
+EDGE_LISTEN=127.0.0.1:6081
+PURGER_METRICS_LISTEN=127.0.0.1:9110
 DB_NAME=addonreg
 
 # ---------------------------------------------------------------- logging ---
@@ -343,6 +346,20 @@ ensure_load_tools() {
     info "load tools: $(command -v wrk), $(command -v nginx)"
 }
 
+# The edge: Varnish and its xkey vmod (varnish-modules). Only the binaries:
+# a policy refuses the package's own service start, as for nginx.
+ensure_varnish() {
+    if ! command -v varnishd >/dev/null 2>&1 || [[ ! -e /usr/lib/varnish/vmods/libvmod_xkey.so ]]; then
+        local policy=/usr/sbin/policy-rc.d made=
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made=1
+        fi
+        apt_install varnish varnish-modules
+        [[ -z $made ]] || rm -f "$policy"
+    fi
+    info "Varnish: $(command -v varnishd) with xkey"
+}
+
 # `infra/local/services ensure`: what the tests and CI need, nothing more.
 ensure_services() {
     step "Services"
@@ -351,6 +368,7 @@ ensure_services() {
     ensure_pg_superuser_tcp
     ensure_rabbitmq
     ensure_load_tools
+    ensure_varnish
 }
 
 # ------------------------------------------------------------ processes ---
@@ -372,6 +390,7 @@ load_env_file() {
 proc_bin() {
     case $1 in
     gateway) printf '%s' "$RELEASE_DIR/api-gateway" ;;
+    edge-purger) printf '%s' "$RELEASE_DIR/edge-purger" ;;
     worker-[1-9] | worker-[1-9]*[0-9]) printf '%s' "$RELEASE_DIR/write-worker" ;;
     *) die "unknown process name: $1" ;;
     esac
@@ -564,6 +583,69 @@ replica_stop() {
     fi
 }
 
+# ----------------------------------------------------------------- edge ---
+
+EDGE_DIR= # set by edge_init
+edge_init() { EDGE_DIR=$STATE_DIR/varnish; }
+
+edge_pid() {
+    local pid
+    [[ -r $EDGE_DIR/varnishd.pid ]] || return 1
+    pid=$(<"$EDGE_DIR/varnishd.pid")
+    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
+    grep -qa varnishd "/proc/$pid/cmdline" || return 1
+    printf '%s\n' "$pid"
+}
+
+# Varnish on $EDGE_LISTEN with infra/varnish/addonreg.vcl in front of the
+# gateway, its working dir (varnishd -n) under the state dir.
+start_edge() {
+    local pid
+    edge_init
+    if pid=$(edge_pid); then
+        info "varnish: already running (pid $pid)"
+        return 0
+    fi
+    require_port_free varnish "$EDGE_LISTEN"
+    mkdir -p "$EDGE_DIR"
+    cat >"$EDGE_DIR/backends.vcl" <<VCL
+# Written by infra/local/up: the gateways behind the edge.
+backend gateway {
+    .host = "${GATEWAY_LISTEN%:*}";
+    .port = "${GATEWAY_LISTEN##*:}";
+    .connect_timeout = 1s;
+    # The purger repeats each purge after ADDONREG_EDGE_REPURGE_AFTER_MS
+    # (10 s): longer than any fetch may take here (docs/edge.md).
+    .first_byte_timeout = 5s;
+    .between_bytes_timeout = 2s;
+    .probe = { .url = "/__lbheartbeat__"; .interval = 1s; .timeout = 500ms; .window = 3; .threshold = 2; .initial = 3; }
+}
+sub vcl_init { gateways.add_backend(gateway); }
+VCL
+    varnishd -j none -n "$EDGE_DIR/work" -a "$EDGE_LISTEN" -T none \
+        -P "$EDGE_DIR/varnishd.pid" -p "vcl_path=$EDGE_DIR" \
+        -f "$REPO_ROOT/infra/varnish/addonreg.vcl" -s malloc,256m \
+        >>"$STATE_DIR/logs/varnish.log" 2>&1 || {
+        tail -n 20 "$STATE_DIR/logs/varnish.log" >&2
+        die "varnishd did not start (log $STATE_DIR/logs/varnish.log)"
+    }
+    wait_until 10 "varnish on $EDGE_LISTEN" edge_pid >/dev/null || die "varnishd did not start"
+    info "varnish: started (pid $(edge_pid)) on http://$EDGE_LISTEN, log $STATE_DIR/logs/varnish.log"
+}
+
+stop_edge() {
+    local pid
+    edge_init
+    if pid=$(edge_pid); then
+        kill -TERM "$pid" 2>/dev/null || true
+        wait_until 10 "varnish to stop" bash -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
+        rm -f "$EDGE_DIR/varnishd.pid"
+        info "varnish: stopped (pid $pid)"
+    else
+        info "varnish: not running"
+    fi
+}
+
 # --------------------------------------------------------------- status ---
 
 status_row() { printf '    %-10s %-8s %s\n' "$@"; }
@@ -580,10 +662,14 @@ print_status() {
     status_row replica "$pid" "127.0.0.1:$REPLICA_PORT (streaming standby, data $REPLICA_DIR)"
     pid=$(rabbitmqctl -q eval 'list_to_integer(os:getpid()).' 2>/dev/null) || pid=-
     status_row rabbitmq "$pid" "$AMQP_HOSTPORT (vhost /, prefix $PREFIX)"
+    edge_init
+    pid=$(edge_pid) || pid=-
+    status_row varnish "$pid" "http://$EDGE_LISTEN (the edge, in front of the gateway)"
     while IFS= read -r name; do
         pid=$(proc_pid "$name") || pid=-
         case $name in
         gateway) addr="http://$GATEWAY_LISTEN (metrics http://$GATEWAY_METRICS_LISTEN/metrics)" ;;
+        edge-purger) addr="metrics http://$PURGER_METRICS_LISTEN/metrics" ;;
         worker-*) addr="metrics http://127.0.0.1:$(worker_metrics_port "${name#worker-}")/metrics" ;;
         esac
         [[ $pid != - ]] || addr="$addr (not running)"

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use harness::{ProxyMode, TcpProxy, TestBroker, TestDb};
 use serde_json::Value;
-use sqlx::PgPool;
 
 use crate::helpers::{
     Amo, Gateway, ReplicaStack, SeedRecord, eventually, get_json, insert_records, metric, register,
-    start_gateway, start_gateway_with, start_worker, wait_subscribed,
+    start_gateway, start_gateway_with, start_worker, wait_receipt, wait_subscribed,
 };
 
 const ADDON: &str = "fresh@example.com";
@@ -24,19 +23,6 @@ fn sha(n: u32) -> String {
 
 fn record_url(gw: &Gateway, sha256: &str) -> String {
     format!("{}/v1/addons/{ADDON}/hashes/{sha256}", gw.public)
-}
-
-/// Waits (up to 20 s) until the write's receipt exists on the primary.
-async fn receipt(primary: &PgPool, write_id: &str) {
-    eventually(Duration::from_secs(20), "receipt", || async {
-        sqlx::query("SELECT 1 FROM receipts WHERE write_id = $1")
-            .bind(write_id)
-            .fetch_optional(primary)
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
 }
 
 /// GETs until the answer has `version` (or 404 for `None`), within `within`.
@@ -74,12 +60,12 @@ async fn a_write_evicts_the_cached_record_within_a_second_of_its_receipt() {
     let primary = db.pool_as("addonreg_gateway").await;
 
     let id = register(&amo, ADDON, &sha(1), "1.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     serves(&gw, &sha(1), Some("1.0"), PROMISE).await;
     cached(&gw, &sha(1)).await;
 
     let id = register(&amo, ADDON, &sha(1), "2.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     let took = serves(&gw, &sha(1), Some("2.0"), PROMISE).await;
     eprintln!("new value served {took:?} after the receipt");
     worker.terminate();
@@ -98,7 +84,7 @@ async fn a_register_evicts_a_cached_not_found() {
     serves(&gw, &sha(2), None, PROMISE).await;
     cached(&gw, &sha(2)).await;
     let id = register(&amo, ADDON, &sha(2), "1.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     serves(&gw, &sha(2), Some("1.0"), PROMISE).await;
     worker.terminate();
 }
@@ -127,14 +113,14 @@ async fn a_paused_replica_does_not_bring_the_old_value_back() {
     let primary = db.pool_as("addonreg_gateway").await;
 
     let id = register(amo, ADDON, &sha(3), "1.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     replica.catch_up_with(cluster).await;
     serves(&gw, &sha(3), Some("1.0"), PROMISE).await;
     cached(&gw, &sha(3)).await;
 
     replica.pause_replay().await;
     let id = register(amo, ADDON, &sha(3), "2.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     serves(&gw, &sha(3), Some("2.0"), PROMISE).await;
     // The lag shows on the metrics: the paused replica is behind the newest
     // event, the primary never is; and the event's delay was measured.
@@ -270,13 +256,13 @@ async fn lag_longer_than_every_window_never_serves_the_old_value() {
     let primary = db.pool_as("addonreg_gateway").await;
 
     let id = register(amo, ADDON, &sha(7), "1.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     replica.catch_up_with(cluster).await;
     serves(&gw, &sha(7), Some("1.0"), PROMISE).await;
 
     replica.pause_replay().await;
     let id = register(amo, ADDON, &sha(7), "2.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     serves(&gw, &sha(7), Some("2.0"), PROMISE).await;
     // Past the entries' lifetime, every poll of the fenced reads, the
     // failover windows, and what a fence window used to be.
@@ -317,14 +303,14 @@ async fn with_only_a_paused_replica_the_old_value_is_never_served() {
     let primary = db.pool_as("addonreg_gateway").await;
 
     let id = register(amo, ADDON, &sha(4), "1.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     replica.catch_up_with(cluster).await;
     serves(&gw, &sha(4), Some("1.0"), PROMISE).await;
     cached(&gw, &sha(4)).await;
 
     replica.pause_replay().await;
     let id = register(amo, ADDON, &sha(4), "2.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     eventually(PROMISE, "the old value evicted", || async {
         get_json(&record_url(&gw, &sha(4))).await.0 == 503
     })
@@ -364,7 +350,7 @@ async fn after_a_resubscribe_a_replica_behind_the_primary_serves_nothing() {
     let primary = db.pool_as("addonreg_gateway").await;
 
     let id = register(amo, ADDON, &sha(8), "1.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     replica.catch_up_with(cluster).await;
     serves(&gw, &sha(8), Some("1.0"), PROMISE).await;
 
@@ -378,7 +364,7 @@ async fn after_a_resubscribe_a_replica_behind_the_primary_serves_nothing() {
     })
     .await;
     let id = register(amo, ADDON, &sha(8), "2.0").await;
-    receipt(&primary, &id).await;
+    wait_receipt(&primary, &id).await;
     proxy.set(ProxyMode::Forward);
     wait_subscribed(&gw).await;
     for _ in 0..10 {

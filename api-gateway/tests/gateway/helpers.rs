@@ -243,6 +243,19 @@ where
     }
 }
 
+/// Waits (up to 20 s) until the write's receipt exists on the primary.
+pub async fn wait_receipt(primary: &sqlx::PgPool, write_id: &str) {
+    eventually(Duration::from_secs(20), "receipt", || async {
+        sqlx::query("SELECT 1 FROM receipts WHERE write_id = $1")
+            .bind(write_id)
+            .fetch_optional(primary)
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+}
+
 /// Waits until the gateway says it is subscribed to invalidations.
 pub async fn wait_subscribed(gateway: &Gateway) {
     let url = format!("{}/__heartbeat__", gateway.public);

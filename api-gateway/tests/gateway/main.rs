@@ -2,6 +2,7 @@
 //! streaming replica) and RabbitMQ.
 
 mod abuse;
+mod edge;
 mod foundation;
 mod freshness;
 mod fuzz;
