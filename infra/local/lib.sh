@@ -43,6 +43,9 @@ PG_PORT=${ADDONREG_PG_PORT:-5432}
 AMQP_HOSTPORT=127.0.0.1:5672
 GATEWAY_LISTEN=127.0.0.1:8080
 GATEWAY_METRICS_LISTEN=127.0.0.1:9101
+INTAKE_LISTEN=127.0.0.1:8081
+# Above the workers' admin ports (9101 + N, N up to 99).
+INTAKE_METRICS_LISTEN=127.0.0.1:9300
 DB_NAME=addonreg
 
 # ---------------------------------------------------------------- logging ---
@@ -372,6 +375,7 @@ load_env_file() {
 proc_bin() {
     case $1 in
     gateway) printf '%s' "$RELEASE_DIR/api-gateway" ;;
+    intake) printf '%s' "$RELEASE_DIR/write-worker" ;;
     worker-[1-9] | worker-[1-9]*[0-9]) printf '%s' "$RELEASE_DIR/write-worker" ;;
     *) die "unknown process name: $1" ;;
     esac
@@ -584,6 +588,7 @@ print_status() {
         pid=$(proc_pid "$name") || pid=-
         case $name in
         gateway) addr="http://$GATEWAY_LISTEN (metrics http://$GATEWAY_METRICS_LISTEN/metrics)" ;;
+        intake) addr="http://$INTAKE_LISTEN (metrics http://$INTAKE_METRICS_LISTEN/metrics)" ;;
         worker-*) addr="metrics http://127.0.0.1:$(worker_metrics_port "${name#worker-}")/metrics" ;;
         esac
         [[ $pid != - ]] || addr="$addr (not running)"

@@ -254,3 +254,22 @@ fn summarise(metrics: &Metrics, info: &warp::log::Info<'_>) {
         "request"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_names_every_route_and_answer() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for path in paths.keys() {
+            assert_eq!(route_of(path), path.as_str(), "a documented path is served");
+        }
+        let answers = doc["paths"]["/v1/writes"]["post"]["responses"]
+            .as_object()
+            .unwrap();
+        let codes: Vec<&str> = answers.keys().map(String::as_str).collect();
+        assert_eq!(codes, ["202", "400", "401", "405", "413", "415", "503"]);
+    }
+}

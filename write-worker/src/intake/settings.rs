@@ -22,11 +22,12 @@ pub struct IntakeSettings {
     pub listen: SocketAddr,
 
     /// Admin address serving /metrics; 0 turns it off. Not the worker's
-    /// 9102, so both run on one host. [env: ADDONREG_INTAKE_METRICS_LISTEN]
+    /// 9102 (nor the local stack's workers, 9102-9200), so all run on one
+    /// host. [env: ADDONREG_INTAKE_METRICS_LISTEN]
     #[arg(
         long = "intake-metrics-listen",
         env = "ADDONREG_INTAKE_METRICS_LISTEN",
-        default_value = "127.0.0.1:9103"
+        default_value = "127.0.0.1:9300"
     )]
     pub metrics_listen: OptionalListen,
 
