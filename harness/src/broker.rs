@@ -186,6 +186,8 @@ pub enum BrokerRole {
     Worker,
     /// `addonreg_gateway`: its own exclusive queues on the invalidations exchange.
     Gateway,
+    /// `addonreg_intake`: the HTTP intake, publishing writes as AMO does.
+    Intake,
     /// `addonreg_monitoring`: no permission at all (KEDA's passive declare).
     Monitoring,
 }
@@ -197,6 +199,7 @@ impl BrokerRole {
             BrokerRole::Amo => "addonreg_amo",
             BrokerRole::Worker => "addonreg_worker",
             BrokerRole::Gateway => "addonreg_gateway",
+            BrokerRole::Intake => "addonreg_intake",
             BrokerRole::Monitoring => "addonreg_monitoring",
         }
     }
@@ -206,6 +209,7 @@ impl BrokerRole {
             BrokerRole::Amo => "amo",
             BrokerRole::Worker => "worker",
             BrokerRole::Gateway => "gateway",
+            BrokerRole::Intake => "intake",
             BrokerRole::Monitoring => "monitoring",
         }
     }

@@ -266,6 +266,26 @@ impl RabbitNode {
     }
 }
 
+/// A memory alarm on a node of the caller's own: the broker stops reading
+/// from every connection that publishes, so nothing is confirmed. Cleared
+/// when dropped, even if the test fails.
+pub struct MemoryAlarm<'a>(&'a RabbitNode);
+
+impl<'a> MemoryAlarm<'a> {
+    /// Raises it (`set_vm_memory_high_watermark` to almost nothing). Blocking.
+    pub fn raise(node: &'a RabbitNode) -> Self {
+        let out = node.ctl(&["set_vm_memory_high_watermark", "0.0000001"], None);
+        assert!(out.status.success(), "{out:?}");
+        Self(node)
+    }
+}
+
+impl Drop for MemoryAlarm<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.ctl(&["set_vm_memory_high_watermark", "0.4"], None);
+    }
+}
+
 impl Drop for RabbitNode {
     fn drop(&mut self) {
         // A stop that waits for the VM (when it runs); a SIGKILL when that

@@ -46,6 +46,9 @@ GATEWAY_METRICS_LISTEN=127.0.0.1:9101
 # The edge: Varnish in front of the gateway(s), and the purger's metrics.
 EDGE_LISTEN=127.0.0.1:6081
 PURGER_METRICS_LISTEN=127.0.0.1:9110
+INTAKE_LISTEN=127.0.0.1:8081
+# Above the workers' admin ports (9101 + N, N up to 99).
+INTAKE_METRICS_LISTEN=127.0.0.1:9300
 DB_NAME=addonreg
 
 # ---------------------------------------------------------------- logging ---
@@ -391,6 +394,7 @@ proc_bin() {
     case $1 in
     gateway) printf '%s' "$RELEASE_DIR/api-gateway" ;;
     edge-purger) printf '%s' "$RELEASE_DIR/edge-purger" ;;
+    intake) printf '%s' "$RELEASE_DIR/write-worker" ;;
     worker-[1-9] | worker-[1-9]*[0-9]) printf '%s' "$RELEASE_DIR/write-worker" ;;
     *) die "unknown process name: $1" ;;
     esac
@@ -670,6 +674,7 @@ print_status() {
         case $name in
         gateway) addr="http://$GATEWAY_LISTEN (metrics http://$GATEWAY_METRICS_LISTEN/metrics)" ;;
         edge-purger) addr="metrics http://$PURGER_METRICS_LISTEN/metrics" ;;
+        intake) addr="http://$INTAKE_LISTEN (metrics http://$INTAKE_METRICS_LISTEN/metrics)" ;;
         worker-*) addr="metrics http://127.0.0.1:$(worker_metrics_port "${name#worker-}")/metrics" ;;
         esac
         [[ $pid != - ]] || addr="$addr (not running)"

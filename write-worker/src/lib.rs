@@ -16,6 +16,7 @@
 //! - `dockerflow`: `/__heartbeat__` (a wedged consumer loop fails it) and `/__version__`.
 //! - `migrate`: the `migrate` subcommand.
 //! - `dlq`: the `dlq` subcommands: list, show, replay and purge dead letters.
+//! - `intake`: the `intake` subcommand, AMO's writes over HTTP (`intake/mod.rs`).
 
 pub mod app;
 pub mod batch;
@@ -25,6 +26,7 @@ pub mod dlq;
 pub mod dockerflow;
 pub mod faults;
 pub mod history;
+pub mod intake;
 pub mod janitor;
 pub mod metrics;
 pub mod migrate;

@@ -28,6 +28,15 @@ async fn main() -> ExitCode {
     };
     let outcome = match command {
         Command::Dlq { command } => return dlq::main(&command, &cli.settings.amqp).await,
+        Command::Intake(intake) => {
+            match write_worker::intake::Intake::build(&intake, &cli.settings.amqp).await {
+                Ok(intake) => {
+                    intake.run(shared::lifecycle::stop_signal()).await;
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
         Command::Migrate => migrate::run(&cli.settings).await.map_err(|e| e.to_string()),
         Command::Run => match App::build(cli.settings).await {
             Ok(app) => {

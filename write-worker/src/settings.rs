@@ -29,6 +29,10 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Serve the HTTP write intake (`POST /v1/writes`) until SIGTERM: AMO's
+    /// writes over HTTP, published to the writes exchange with confirms.
+    /// Needs no database.
+    Intake(crate::intake::settings::IntakeSettings),
 }
 
 /// What to do with the dead letters.

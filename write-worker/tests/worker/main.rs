@@ -6,6 +6,7 @@ mod dockerflow;
 mod foundation;
 mod helpers;
 mod hostile;
+mod intake;
 mod janitor;
 mod model;
 mod nothing_lost;

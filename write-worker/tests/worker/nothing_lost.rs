@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use harness::rabbit::RabbitNode;
+use harness::rabbit::{MemoryAlarm, RabbitNode};
 use harness::{TestBroker, TestDb, TestProcess, free_port};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -291,24 +291,6 @@ async fn a_dead_letter_no_queue_takes_is_not_acknowledged_but_retried() {
         Duration::from_secs(10),
     )
     .await;
-}
-
-/// A memory alarm on a node of the test's own (every publisher on it is
-/// blocked), cleared when dropped, even if the test fails.
-struct MemoryAlarm<'a>(&'a RabbitNode);
-
-impl<'a> MemoryAlarm<'a> {
-    fn raise(node: &'a RabbitNode) -> Self {
-        let out = node.ctl(&["set_vm_memory_high_watermark", "0.0000001"], None);
-        assert!(out.status.success(), "{out:?}");
-        Self(node)
-    }
-}
-
-impl Drop for MemoryAlarm<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.ctl(&["set_vm_memory_high_watermark", "0.4"], None);
-    }
 }
 
 #[tokio::test]
