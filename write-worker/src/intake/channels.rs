@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, ConnectionProperties};
 use thiserror::Error;
 
 use shared::domain::WriteId;
-use shared::settings::Secret;
+use shared::broker::AmqpUrls;
 use shared::topology::{Topology, WRITE_ROUTING_KEY};
 
 use super::metrics::Metrics;
@@ -120,7 +120,7 @@ pub struct Channels {
 impl Channels {
     /// Prepares the pools; nothing connects until the first use.
     pub fn new(
-        url: &Secret,
+        urls: &AmqpUrls,
         topology: &Topology,
         connections: usize,
         channels: usize,
@@ -131,6 +131,9 @@ impl Channels {
         let connections = (0..connections.max(1))
             .map(|i| {
                 let name = format!("{name} {i}");
+                // Connections spread over the broker's nodes, so losing one
+                // node leaves the others' channels serving.
+                let url = &urls.urls()[i % urls.urls().len()];
                 let config = deadpool_lapin::Config {
                     url: Some(url.expose().to_string()),
                     pool: Some(deadpool_lapin::PoolConfig {
