@@ -19,8 +19,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, ConnectionProperties};
 use thiserror::Error;
 
-use shared::domain::WriteId;
 use shared::broker::AmqpUrls;
+use shared::domain::WriteId;
 use shared::topology::{Topology, WRITE_ROUTING_KEY};
 
 use super::metrics::Metrics;
